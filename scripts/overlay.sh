@@ -4,7 +4,7 @@
 #   scripts/overlay.sh BASE SRC OVERLAY
 #
 # BASE is the pristine QEMU tree (never written), SRC the working copy that
-# is built, OVERLAY this repository.  Under OVERLAY's block/ qapi/ docs/
+# is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
 # tests/, a plain file replaces the file at the same path in QEMU, and
 # FILE.patch is a unified diff against QEMU's FILE.  The project's own test
 # and benchmark harness (tests/e2e, tests/bench, tests/series) is not part of
@@ -22,7 +22,7 @@ die() { echo "overlay: error: $*" >&2; exit 1; }
 
 [ $# -eq 3 ] || die "usage: $0 BASE SRC OVERLAY"
 BASE=$1 SRC=$2 OVERLAY=$3
-DIRS="block qapi docs tests"
+DIRS="block include qapi docs tests"
 PROJECT_ONLY="tests/e2e tests/bench tests/series"
 
 [ -f "$BASE/VERSION" ] || die "$BASE is not a QEMU tree"

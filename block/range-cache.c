@@ -1,0 +1,422 @@
+/*
+ * Cache of aligned blocks of a remote image
+ *
+ * Copyright (C) 2026 The QEMU curl series authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Serves reads from aligned blocks kept in LRU order, so that a driver for a
+ * high-latency transport fetches each block once, whatever the size and order
+ * of the reads.  See include/block/range-cache.h for the interface.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/host-utils.h"
+#include "qemu/lockable.h"
+#include "qemu/memalign.h"
+#include "block/range-cache.h"
+
+static void range_cache_event(RangeCache *rc, RangeCacheEvent event,
+                              uint64_t index, uint64_t arg)
+{
+    if (rc->ops->event) {
+        rc->ops->event(rc->opaque, event, index, arg);
+    }
+}
+
+void range_cache_init(RangeCache *rc, uint64_t length, uint64_t offset,
+                      uint64_t block_size, unsigned capacity,
+                      const RangeCacheOps *ops, void *opaque,
+                      QemuMutex *lock)
+{
+    assert(is_power_of_2(block_size));
+    assert(block_size >= RANGE_CACHE_MIN_BLOCK_SIZE &&
+           block_size <= RANGE_CACHE_MAX_BLOCK_SIZE);
+    assert(capacity >= 1);
+    assert(ops->fetch);
+
+    *rc = (RangeCache) {
+        .length = length,
+        .offset = offset,
+        .block_size = block_size,
+        .block_bits = ctz64(block_size),
+        .capacity = capacity,
+        .ops = ops,
+        .opaque = opaque,
+        .lock = lock,
+        .blocks = g_hash_table_new(g_int64_hash, g_int64_equal),
+    };
+    QTAILQ_INIT(&rc->lru);
+    qemu_co_queue_init(&rc->room_waiters);
+}
+
+static void range_cache_free_block(RangeCache *rc, RangeCacheBlock *blk)
+{
+    if (blk->data) {
+        rc->nb_blocks--;
+        qemu_vfree(blk->data);
+    }
+    g_free(blk);
+}
+
+void range_cache_destroy(RangeCache *rc)
+{
+    GHashTableIter iter;
+    RangeCacheBlock *blk;
+
+    g_hash_table_iter_init(&iter, rc->blocks);
+    while (g_hash_table_iter_next(&iter, NULL, (void **)&blk)) {
+        assert(blk->state == RANGE_CACHE_READY && blk->refs == 0);
+        if (blk->prefetched) {
+            rc->stats.prefetch_unused++;
+        }
+        range_cache_free_block(rc, blk);
+    }
+    assert(rc->nb_blocks == 0);
+    g_hash_table_destroy(rc->blocks);
+    rc->blocks = NULL;
+    QTAILQ_INIT(&rc->lru);
+}
+
+void range_cache_set_readahead(RangeCache *rc, unsigned blocks)
+{
+    assert(blocks < rc->capacity);
+    rc->readahead = blocks;
+    rc->stream_reads = 0;
+}
+
+uint64_t range_cache_nb_image_blocks(const RangeCache *rc)
+{
+    return DIV_ROUND_UP(rc->length, rc->block_size);
+}
+
+void range_cache_block_extent(const RangeCache *rc, uint64_t index,
+                              uint64_t *start, uint64_t *len)
+{
+    assert(index < range_cache_nb_image_blocks(rc));
+    *start = index << rc->block_bits;
+    *len = MIN(rc->block_size, rc->length - *start);
+}
+
+void range_cache_remote_range(const RangeCache *rc, const RangeCacheBlock *blk,
+                              uint64_t *first, uint64_t *last)
+{
+    *first = rc->offset + blk->start;
+    *last = *first + blk->len - 1;
+}
+
+static bool range_cache_has_room_locked(RangeCache *rc)
+{
+    return rc->nb_blocks < rc->capacity || !QTAILQ_EMPTY(&rc->lru);
+}
+
+/*
+ * Room for one block: wake one read that waits for it.  Waking them all
+ * would make those that find no room again wait again, forever, when this
+ * runs outside coroutine context (qemu_co_enter_all() loops until the queue
+ * is empty).  A woken read that leaves room wakes the next one.
+ */
+static void range_cache_room_made_locked(RangeCache *rc)
+{
+    qemu_co_enter_next(&rc->room_waiters, rc->lock);
+}
+
+/* A block nobody uses may be evicted: it goes to the most recent end. */
+static void range_cache_make_evictable_locked(RangeCache *rc,
+                                              RangeCacheBlock *blk)
+{
+    assert(blk->refs == 0 && blk->state == RANGE_CACHE_READY);
+    QTAILQ_INSERT_TAIL(&rc->lru, blk, lru_next);
+    range_cache_room_made_locked(rc);
+}
+
+/* Take a reference to the block with @index, if it is cached. */
+static RangeCacheBlock *range_cache_lookup_locked(RangeCache *rc,
+                                                  uint64_t index)
+{
+    RangeCacheBlock *blk = g_hash_table_lookup(rc->blocks, &index);
+
+    if (!blk) {
+        return NULL;
+    }
+    if (blk->state == RANGE_CACHE_READY) {
+        if (blk->refs == 0) {
+            QTAILQ_REMOVE(&rc->lru, blk, lru_next);
+        }
+        rc->stats.hits++;
+        range_cache_event(rc, RANGE_CACHE_HIT, index, 0);
+    } else {
+        rc->stats.waits++;
+        range_cache_event(rc, RANGE_CACHE_WAIT, index, 0);
+    }
+    blk->refs++;
+    blk->prefetched = false;
+    return blk;
+}
+
+static void range_cache_unref_locked(RangeCache *rc, RangeCacheBlock *blk)
+{
+    assert(blk->refs > 0);
+    if (--blk->refs > 0) {
+        return;
+    }
+    if (blk->state == RANGE_CACHE_FAILED) {
+        range_cache_free_block(rc, blk);
+        range_cache_room_made_locked(rc);
+    } else if (blk->state == RANGE_CACHE_READY) {
+        range_cache_make_evictable_locked(rc, blk);
+    }
+}
+
+/*
+ * Find room for one more block: a new buffer while under capacity, else the
+ * least recently used block, evicted.  Returns NULL when every block is in
+ * use or being fetched.
+ */
+static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc)
+{
+    RangeCacheBlock *blk;
+    uint8_t *data;
+
+    if (rc->nb_blocks < rc->capacity) {
+        data = qemu_try_memalign(qemu_real_host_page_size(), rc->block_size);
+        if (data) {
+            rc->nb_blocks++;
+            blk = g_new0(RangeCacheBlock, 1);
+            blk->data = data;
+            return blk;
+        }
+        /* Out of memory: make do with the blocks we have */
+    }
+
+    blk = QTAILQ_FIRST(&rc->lru);
+    if (!blk) {
+        return NULL;
+    }
+    QTAILQ_REMOVE(&rc->lru, blk, lru_next);
+    g_hash_table_remove(rc->blocks, &blk->index);
+    rc->stats.evictions++;
+    if (blk->prefetched) {
+        rc->stats.prefetch_unused++;
+    }
+    range_cache_event(rc, blk->prefetched ? RANGE_CACHE_EVICT_UNUSED :
+                      RANGE_CACHE_EVICT, blk->index, 0);
+    data = blk->data;
+    memset(blk, 0, sizeof(*blk));
+    blk->data = data;
+    return blk;
+}
+
+/*
+ * Add the block with @index, which is not cached, and start fetching it.
+ * A read holds a reference to it; readahead does not.
+ */
+static RangeCacheBlock *range_cache_insert_locked(RangeCache *rc,
+                                                  uint64_t index,
+                                                  bool prefetch)
+{
+    RangeCacheBlock *blk = range_cache_take_room_locked(rc);
+
+    if (!blk) {
+        return NULL;
+    }
+    blk->index = index;
+    range_cache_block_extent(rc, index, &blk->start, &blk->len);
+    blk->state = RANGE_CACHE_FETCHING;
+    blk->refs = prefetch ? 0 : 1;
+    blk->prefetched = prefetch;
+    qemu_co_queue_init(&blk->waiters);
+    g_hash_table_insert(rc->blocks, &blk->index, blk);
+
+    if (prefetch) {
+        rc->stats.prefetches++;
+    } else {
+        rc->stats.misses++;
+        range_cache_event(rc, RANGE_CACHE_MISS, index, 0);
+    }
+    rc->ops->fetch(rc->opaque, blk);
+    return blk;
+}
+
+/*
+ * Take references to the blocks holding the bytes from @pos to @end, in
+ * order, fetching those that are missing, until the cache has no room left.
+ * Returns how many are in @held.
+ */
+static unsigned range_cache_acquire_locked(RangeCache *rc, uint64_t pos,
+                                           uint64_t end,
+                                           RangeCacheBlock **held)
+{
+    uint64_t index = range_cache_block_index(rc, pos);
+    uint64_t last = range_cache_block_index(rc, end - 1);
+    unsigned n = 0;
+
+    for (; index <= last; index++) {
+        RangeCacheBlock *blk = range_cache_lookup_locked(rc, index);
+
+        if (!blk) {
+            blk = range_cache_insert_locked(rc, index, false);
+            if (!blk) {
+                break;
+            }
+        }
+        held[n++] = blk;
+    }
+    return n;
+}
+
+/*
+ * Called once for every read, of blocks @first to @last.  Reads that start
+ * where earlier ones ended make a stream.  Concurrent readers of a stream
+ * (qemu-img convert runs several) arrive a little out of order, so a read
+ * that starts within the readahead window of the stream's end continues it.
+ * From the second read of a stream on, the blocks that follow it are
+ * fetched, as far as there is room.
+ */
+static void range_cache_readahead_locked(RangeCache *rc, uint64_t first,
+                                         uint64_t last)
+{
+    uint64_t index, end;
+    unsigned started = 0;
+
+    if (!rc->readahead) {
+        return;
+    }
+    if (rc->stream_reads && first + rc->readahead >= rc->stream_end &&
+        first <= rc->stream_end + 1 + rc->readahead) {
+        rc->stream_end = MAX(rc->stream_end, last);
+        rc->stream_reads++;
+    } else {
+        rc->stream_end = last;
+        rc->stream_reads = 1;
+        return;
+    }
+
+    end = MIN(rc->stream_end + rc->readahead,
+              range_cache_nb_image_blocks(rc) - 1);
+    for (index = rc->stream_end + 1; index <= end; index++) {
+        if (g_hash_table_contains(rc->blocks, &index)) {
+            continue;
+        }
+        if (!range_cache_insert_locked(rc, index, true)) {
+            break;
+        }
+        if (!started++) {
+            first = index;
+        }
+    }
+    if (started) {
+        range_cache_event(rc, RANGE_CACHE_READAHEAD, first, started);
+    }
+}
+
+/*
+ * Copy the part of @blk between @pos and @end to @qiov at @qiov_offset once
+ * its fetch is over.  Returns the number of bytes copied, or the fetch's
+ * error.
+ */
+static int64_t coroutine_fn
+range_cache_co_copy_locked(RangeCache *rc, RangeCacheBlock *blk,
+                           uint64_t pos, uint64_t end,
+                           QEMUIOVector *qiov, size_t qiov_offset)
+{
+    uint64_t n = MIN(end, blk->start + blk->len) - pos;
+
+    while (blk->state == RANGE_CACHE_FETCHING) {
+        qemu_co_queue_wait(&blk->waiters, rc->lock);
+    }
+    if (blk->state == RANGE_CACHE_FAILED) {
+        return blk->ret;
+    }
+
+    /* The data of a ready block does not change while we hold it */
+    qemu_mutex_unlock(rc->lock);
+    qemu_iovec_from_buf(qiov, qiov_offset, blk->data + (pos - blk->start), n);
+    qemu_mutex_lock(rc->lock);
+
+    rc->stats.bytes_served += n;
+    return n;
+}
+
+int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
+                                     uint64_t bytes, QEMUIOVector *qiov,
+                                     size_t qiov_offset)
+{
+    uint64_t end = MIN(offset + bytes, rc->length);
+    uint64_t pos = offset;
+    g_autofree RangeCacheBlock **held = NULL;
+    bool first_batch = true;
+    int ret = 0;
+
+    if (offset + bytes > end) {
+        uint64_t tail = offset >= end ? 0 : end - offset;
+
+        qemu_iovec_memset(qiov, qiov_offset + tail, 0, bytes - tail);
+    }
+    if (offset >= end) {
+        return 0;
+    }
+    held = g_new(RangeCacheBlock *,
+                 MIN(rc->capacity, range_cache_block_index(rc, end - 1) -
+                     range_cache_block_index(rc, offset) + 1));
+
+    qemu_mutex_lock(rc->lock);
+    while (pos < end && ret == 0) {
+        unsigned n = range_cache_acquire_locked(rc, pos, end, held);
+        unsigned i;
+
+        if (n == 0) {
+            /* We hold nothing, so we keep nobody else from going on */
+            range_cache_event(rc, RANGE_CACHE_NO_ROOM,
+                              range_cache_block_index(rc, pos), 0);
+            qemu_co_queue_wait(&rc->room_waiters, rc->lock);
+            continue;
+        }
+        if (range_cache_has_room_locked(rc)) {
+            qemu_co_queue_next(&rc->room_waiters);
+        }
+        if (first_batch) {
+            range_cache_readahead_locked(rc, range_cache_block_index(rc, pos),
+                                         range_cache_block_index(rc, end - 1));
+            first_batch = false;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (ret == 0) {
+                int64_t copied = range_cache_co_copy_locked(
+                    rc, held[i], pos, end, qiov, qiov_offset + (pos - offset));
+
+                if (copied < 0) {
+                    ret = copied;
+                } else {
+                    pos += copied;
+                }
+            }
+            range_cache_unref_locked(rc, held[i]);
+        }
+    }
+    qemu_mutex_unlock(rc->lock);
+    return ret;
+}
+
+void range_cache_complete_locked(RangeCache *rc, RangeCacheBlock *blk,
+                                 int ret)
+{
+    assert(blk->state == RANGE_CACHE_FETCHING);
+    if (ret < 0) {
+        blk->state = RANGE_CACHE_FAILED;
+        blk->ret = ret;
+        g_hash_table_remove(rc->blocks, &blk->index);
+        rc->stats.failures++;
+        if (blk->prefetched) {
+            rc->stats.prefetch_unused++;
+        }
+    } else {
+        blk->state = RANGE_CACHE_READY;
+    }
+
+    /* Woken readers may drop what would otherwise be the last reference */
+    blk->refs++;
+    qemu_co_enter_all(&blk->waiters, rc->lock);
+    range_cache_unref_locked(rc, blk);
+}

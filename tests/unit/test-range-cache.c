@@ -1,0 +1,619 @@
+/*
+ * Unit tests for the cache of aligned blocks of a remote image
+ *
+ * Copyright (C) 2026 The QEMU curl series authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A fake fetcher stands in for the transport: it queues the blocks the cache
+ * asks for, and each test decides when and how they complete.  Readers are
+ * coroutines, so that waiting for a block or for room really yields.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/main-loop.h"
+#include "block/range-cache.h"
+
+#define BS  (4 * KiB)
+
+typedef struct TestCache {
+    RangeCache rc;
+    QemuMutex lock;
+    uint8_t *image;             /* the remote file */
+    uint64_t remote_len;
+    GQueue pending;             /* blocks the cache asked to fetch */
+    unsigned fetches;
+    GString *events;            /* "h0 m1 e1 ..." */
+} TestCache;
+
+typedef struct TestRead {
+    TestCache *tc;
+    uint64_t offset;
+    uint64_t bytes;
+    uint8_t *buf;
+    int ret;
+    bool done;
+} TestRead;
+
+static void test_fetch(void *opaque, RangeCacheBlock *blk)
+{
+    TestCache *tc = opaque;
+
+    g_queue_push_tail(&tc->pending, blk);
+    tc->fetches++;
+}
+
+static void test_event(void *opaque, RangeCacheEvent event, uint64_t index,
+                       uint64_t arg)
+{
+    static const char code[] = {
+        [RANGE_CACHE_HIT] = 'h',
+        [RANGE_CACHE_WAIT] = 'w',
+        [RANGE_CACHE_MISS] = 'm',
+        [RANGE_CACHE_NO_ROOM] = 'n',
+        [RANGE_CACHE_EVICT] = 'e',
+        [RANGE_CACHE_EVICT_UNUSED] = 'u',
+        [RANGE_CACHE_READAHEAD] = 'r',
+    };
+    TestCache *tc = opaque;
+
+    g_string_append_printf(tc->events, "%c%" PRIu64 " ", code[event], index);
+}
+
+static const RangeCacheOps test_ops = {
+    .fetch = test_fetch,
+    .event = test_event,
+};
+
+static TestCache *test_cache_new(uint64_t remote_len, uint64_t offset,
+                                 unsigned capacity)
+{
+    TestCache *tc = g_new0(TestCache, 1);
+    uint64_t i;
+
+    qemu_mutex_init(&tc->lock);
+    tc->remote_len = remote_len;
+    tc->image = g_malloc(remote_len);
+    for (i = 0; i < remote_len; i++) {
+        tc->image[i] = i * 7 + (i >> 12);
+    }
+    g_queue_init(&tc->pending);
+    tc->events = g_string_new(NULL);
+    range_cache_init(&tc->rc, remote_len - offset, offset, BS, capacity,
+                     &test_ops, tc, &tc->lock);
+    return tc;
+}
+
+static void test_cache_free(TestCache *tc)
+{
+    g_assert(g_queue_is_empty(&tc->pending));
+    range_cache_destroy(&tc->rc);
+    g_string_free(tc->events, true);
+    g_free(tc->image);
+    qemu_mutex_destroy(&tc->lock);
+    g_free(tc);
+}
+
+/* Take the events logged so far */
+static char *test_events(TestCache *tc)
+{
+    char *s = g_strdup(g_strchomp(tc->events->str));
+
+    g_string_truncate(tc->events, 0);
+    return s;
+}
+
+/* Complete pending fetch number @n with @ret, copying the remote bytes */
+static void test_complete_nth(TestCache *tc, unsigned n, int ret)
+{
+    RangeCacheBlock *blk = g_queue_pop_nth(&tc->pending, n);
+    uint64_t first, last;
+
+    g_assert(blk);
+    g_assert_cmpint(blk->state, ==, RANGE_CACHE_FETCHING);
+    range_cache_remote_range(&tc->rc, blk, &first, &last);
+    g_assert_cmpuint(last, <, tc->remote_len);
+    if (ret == 0) {
+        memcpy(blk->data, tc->image + first, last - first + 1);
+    }
+    qemu_mutex_lock(&tc->lock);
+    range_cache_complete_locked(&tc->rc, blk, ret);
+    qemu_mutex_unlock(&tc->lock);
+}
+
+/* Complete the oldest pending fetch */
+static void test_complete_one(TestCache *tc, int ret)
+{
+    test_complete_nth(tc, 0, ret);
+}
+
+/* Complete fetches, including those that completions start, until none */
+static void test_complete_all(TestCache *tc)
+{
+    while (!g_queue_is_empty(&tc->pending)) {
+        test_complete_one(tc, 0);
+    }
+}
+
+static void coroutine_fn test_read_entry(void *opaque)
+{
+    TestRead *r = opaque;
+    QEMUIOVector qiov;
+
+    qemu_iovec_init_buf(&qiov, r->buf, r->bytes);
+    r->ret = range_cache_co_read(&r->tc->rc, r->offset, r->bytes, &qiov, 0);
+    r->done = true;
+}
+
+/* Start a read; it runs until it has to wait */
+static TestRead *test_read_start(TestCache *tc, uint64_t offset,
+                                 uint64_t bytes)
+{
+    TestRead *r = g_new0(TestRead, 1);
+
+    r->tc = tc;
+    r->offset = offset;
+    r->bytes = bytes;
+    r->buf = g_malloc(bytes);
+    memset(r->buf, 0xa5, bytes);
+    qemu_coroutine_enter(qemu_coroutine_create(test_read_entry, r));
+    return r;
+}
+
+/* Check that a finished read succeeded with the remote file's bytes */
+static void test_read_check(TestRead *r)
+{
+    TestCache *tc = r->tc;
+    uint64_t len = tc->rc.length;
+    uint64_t i;
+
+    g_assert_true(r->done);
+    g_assert_cmpint(r->ret, ==, 0);
+    for (i = 0; i < r->bytes; i++) {
+        uint64_t pos = r->offset + i;
+        uint8_t want = pos < len ? tc->image[tc->rc.offset + pos] : 0;
+
+        if (r->buf[i] != want) {
+            g_error("byte %" PRIu64 " of the read at %" PRIu64 ": 0x%x, "
+                    "expected 0x%x", i, r->offset, r->buf[i], want);
+        }
+    }
+}
+
+static void test_read_free(TestRead *r)
+{
+    g_free(r->buf);
+    g_free(r);
+}
+
+/* A read that completes once every fetch it causes has completed */
+static void test_read_sync(TestCache *tc, uint64_t offset, uint64_t bytes)
+{
+    TestRead *r = test_read_start(tc, offset, bytes);
+
+    test_complete_all(tc);
+    test_read_check(r);
+    test_read_free(r);
+}
+
+static void test_geometry(void)
+{
+    TestCache *tc = test_cache_new(3 * BS, 0, 4);
+    uint64_t start, len;
+
+    g_assert_cmpuint(range_cache_nb_image_blocks(&tc->rc), ==, 3);
+    g_assert_cmpuint(range_cache_block_index(&tc->rc, 0), ==, 0);
+    g_assert_cmpuint(range_cache_block_index(&tc->rc, BS - 1), ==, 0);
+    g_assert_cmpuint(range_cache_block_index(&tc->rc, BS), ==, 1);
+    range_cache_block_extent(&tc->rc, 2, &start, &len);
+    g_assert_cmpuint(start, ==, 2 * BS);
+    g_assert_cmpuint(len, ==, BS);
+    test_cache_free(tc);
+
+    /* Shorter than one block */
+    tc = test_cache_new(100, 0, 4);
+    g_assert_cmpuint(range_cache_nb_image_blocks(&tc->rc), ==, 1);
+    range_cache_block_extent(&tc->rc, 0, &start, &len);
+    g_assert_cmpuint(start, ==, 0);
+    g_assert_cmpuint(len, ==, 100);
+    test_cache_free(tc);
+
+    /* The last block is short */
+    tc = test_cache_new(2 * BS + 1, 0, 4);
+    g_assert_cmpuint(range_cache_nb_image_blocks(&tc->rc), ==, 3);
+    range_cache_block_extent(&tc->rc, 2, &start, &len);
+    g_assert_cmpuint(start, ==, 2 * BS);
+    g_assert_cmpuint(len, ==, 1);
+    test_cache_free(tc);
+}
+
+/* The remote range of a block: offset applied, last byte inclusive */
+static void test_remote_range(void)
+{
+    TestCache *tc = test_cache_new(10000, 0, 4);
+    RangeCacheBlock blk = { 0 };
+    uint64_t first, last;
+
+    range_cache_block_extent(&tc->rc, 0, &blk.start, &blk.len);
+    range_cache_remote_range(&tc->rc, &blk, &first, &last);
+    g_assert_cmpuint(first, ==, 0);
+    g_assert_cmpuint(last, ==, BS - 1);
+    test_cache_free(tc);
+
+    /* An offset that is not a multiple of the block size */
+    tc = test_cache_new(1000 + 10000, 1000, 4);
+    g_assert_cmpuint(tc->rc.length, ==, 10000);
+    g_assert_cmpuint(range_cache_nb_image_blocks(&tc->rc), ==, 3);
+    range_cache_block_extent(&tc->rc, 1, &blk.start, &blk.len);
+    range_cache_remote_range(&tc->rc, &blk, &first, &last);
+    g_assert_cmpuint(first, ==, 1000 + BS);
+    g_assert_cmpuint(last, ==, 1000 + 2 * BS - 1);
+    range_cache_block_extent(&tc->rc, 2, &blk.start, &blk.len);
+    range_cache_remote_range(&tc->rc, &blk, &first, &last);
+    g_assert_cmpuint(first, ==, 1000 + 2 * BS);
+    g_assert_cmpuint(last, ==, 1000 + 10000 - 1);
+    g_assert_cmpuint(last - first + 1, ==, blk.len);
+    test_cache_free(tc);
+}
+
+/* Reads are served from blocks, each fetched once while it stays cached */
+static void test_read_fetches_once(void)
+{
+    TestCache *tc = test_cache_new(1000 + 10 * BS + 123, 1000, 16);
+    g_autofree char *ev1 = NULL;
+    g_autofree char *ev2 = NULL;
+
+    /* Three blocks, unaligned at both ends, fetched together */
+    test_read_sync(tc, 10, 3 * BS - 20);
+    g_assert_cmpuint(tc->fetches, ==, 3);
+    ev1 = test_events(tc);
+    g_assert_cmpstr(ev1, ==, "m0 m1 m2");
+
+    /* Then served from the cache */
+    test_read_sync(tc, 0, 3 * BS);
+    test_read_sync(tc, 5, 1);
+    g_assert_cmpuint(tc->fetches, ==, 3);
+    ev2 = test_events(tc);
+    g_assert_cmpstr(ev2, ==, "h0 h1 h2 h0");
+
+    /* The short last block, and a read straddling the end of the image */
+    test_read_sync(tc, 10 * BS - 7, 200);
+    test_read_sync(tc, 10 * BS + 100, 23);
+    g_assert_cmpuint(tc->fetches, ==, 5);
+    g_assert_cmpuint(tc->rc.stats.bytes_served, ==,
+                     (3 * BS - 20) + 3 * BS + 1 + 130 + 23);
+    test_cache_free(tc);
+}
+
+/* Bytes past the end of the image read as zeroes, without fetching */
+static void test_read_past_end(void)
+{
+    TestCache *tc = test_cache_new(BS + 10, 0, 2);
+
+    test_read_sync(tc, BS + 20, 100);
+    g_assert_cmpuint(tc->fetches, ==, 0);
+    test_read_sync(tc, BS, 4 * BS);
+    g_assert_cmpuint(tc->fetches, ==, 1);
+    test_cache_free(tc);
+}
+
+/* The least recently used block goes first, whenever it was fetched */
+static void test_lru_order(void)
+{
+    TestCache *tc = test_cache_new(16 * BS, 0, 3);
+    g_autofree char *ev1 = NULL;
+    g_autofree char *ev2 = NULL;
+
+    test_read_sync(tc, 0 * BS, 1);
+    test_read_sync(tc, 1 * BS, 1);
+    test_read_sync(tc, 2 * BS, 1);
+    test_read_sync(tc, 0 * BS, 1);
+    g_free(test_events(tc));
+
+    /* Block 1 is the least recently used now */
+    test_read_sync(tc, 3 * BS, 1);
+    ev1 = test_events(tc);
+    g_assert_cmpstr(ev1, ==, "e1 m3");
+
+    test_read_sync(tc, 0 * BS, 1);
+    test_read_sync(tc, 1 * BS, 1);
+    ev2 = test_events(tc);
+    g_assert_cmpstr(ev2, ==, "h0 e2 m1");
+    g_assert_cmpuint(tc->rc.stats.evictions, ==, 2);
+    g_assert_cmpuint(tc->fetches, ==, 5);
+    test_cache_free(tc);
+}
+
+/* Readers of a block being fetched wait for that one fetch */
+static void test_waiters(void)
+{
+    TestCache *tc = test_cache_new(8 * BS, 0, 4);
+    TestRead *a = test_read_start(tc, 100, 200);
+    TestRead *b = test_read_start(tc, 1000, BS);
+    TestRead *c = test_read_start(tc, 50, 10);
+    g_autofree char *ev = test_events(tc);
+
+    g_assert_cmpstr(ev, ==, "m0 w0 m1 w0");
+    g_assert_false(a->done || b->done || c->done);
+    g_assert_cmpuint(tc->fetches, ==, 2);
+
+    /* Block 0 lets a and c finish; b still waits for block 1 */
+    test_complete_one(tc, 0);
+    test_read_check(a);
+    test_read_check(c);
+    g_assert_false(b->done);
+    test_complete_one(tc, 0);
+    test_read_check(b);
+    g_assert_cmpuint(tc->rc.stats.waits, ==, 2);
+
+    test_read_free(a);
+    test_read_free(b);
+    test_read_free(c);
+    test_cache_free(tc);
+}
+
+/* A failed block is never served: its readers fail, the next read refetches */
+static void test_failed_block(void)
+{
+    TestCache *tc = test_cache_new(8 * BS, 0, 4);
+    TestRead *a = test_read_start(tc, 0, 2 * BS);
+    TestRead *b = test_read_start(tc, 10, 10);
+    TestRead *c = test_read_start(tc, BS, 10);
+
+    g_assert_cmpuint(tc->fetches, ==, 2);
+    test_complete_one(tc, -EIO);        /* block 0 */
+    g_assert_true(a->done && b->done);
+    g_assert_cmpint(a->ret, ==, -EIO);
+    g_assert_cmpint(b->ret, ==, -EIO);
+    g_assert_false(c->done);
+    test_complete_one(tc, 0);           /* block 1 */
+    test_read_check(c);
+    g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
+
+    /* Block 0 is fetched again, block 1 is still cached */
+    test_read_sync(tc, 0, 2 * BS);
+    g_assert_cmpuint(tc->fetches, ==, 3);
+
+    test_read_free(a);
+    test_read_free(b);
+    test_read_free(c);
+    test_cache_free(tc);
+}
+
+/* A read larger than the whole cache is served in pieces */
+static void test_read_larger_than_cache(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 1);
+    TestRead *r = test_read_start(tc, 10, 40 * BS);
+    unsigned rounds = 0;
+
+    while (!r->done) {
+        /* Never more than the one block the cache has room for */
+        g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
+        test_complete_one(tc, 0);
+        rounds++;
+    }
+    test_read_check(r);
+    g_assert_cmpuint(rounds, ==, 41);
+    g_assert_cmpuint(tc->fetches, ==, 41);
+    test_read_free(r);
+
+    /* Same with room for a few blocks: they are fetched a few at a time */
+    test_cache_free(tc);
+    tc = test_cache_new(64 * BS, 0, 3);
+    r = test_read_start(tc, 0, 64 * BS);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 3);
+    test_complete_all(tc);
+    test_read_check(r);
+    g_assert_cmpuint(tc->fetches, ==, 64);
+    test_read_free(r);
+    test_cache_free(tc);
+}
+
+/* A read that finds every block in use waits for one to be released */
+static void test_wait_for_room(void)
+{
+    TestCache *tc = test_cache_new(8 * BS, 0, 1);
+    TestRead *a = test_read_start(tc, 0, 10);
+    TestRead *b = test_read_start(tc, 3 * BS, 10);
+    g_autofree char *ev = test_events(tc);
+
+    g_assert_cmpstr(ev, ==, "m0 n3");
+    g_assert_cmpuint(tc->fetches, ==, 1);
+    test_complete_one(tc, 0);
+    test_read_check(a);
+    /* Releasing block 0 let b evict it */
+    g_assert_false(b->done);
+    g_assert_cmpuint(tc->fetches, ==, 2);
+    test_complete_one(tc, 0);
+    test_read_check(b);
+
+    test_read_free(a);
+    test_read_free(b);
+    test_cache_free(tc);
+}
+
+/* Many concurrent readers on a tiny cache all finish */
+static void test_no_deadlock(void)
+{
+    TestCache *tc = test_cache_new(32 * BS + 77, 0, 2);
+    TestRead *r[12];
+    unsigned i;
+
+    for (i = 0; i < ARRAY_SIZE(r); i++) {
+        r[i] = test_read_start(tc, (i * 5 % 12) * 2 * BS + i, 5 * BS);
+    }
+    test_complete_all(tc);
+    for (i = 0; i < ARRAY_SIZE(r); i++) {
+        test_read_check(r[i]);
+        test_read_free(r[i]);
+    }
+    test_cache_free(tc);
+}
+
+/*
+ * Concurrent reads of every size on caches of every small size, with fetches
+ * that complete in any order and sometimes fail: each read finishes, with the
+ * right bytes or with the error of a block it needed.
+ */
+static void test_stress(void)
+{
+    GRand *rand = g_rand_new_with_seed(42);
+    unsigned capacity, readahead, round;
+
+    for (capacity = 1; capacity <= 4; capacity++) {
+        for (readahead = 0; readahead < capacity; readahead++) {
+            for (round = 0; round < 20; round++) {
+                uint64_t len = g_rand_int_range(rand, 1, 12 * BS);
+                TestCache *tc = test_cache_new(len + 3, 3, capacity);
+                TestRead *r[16];
+                unsigned i, steps = 0;
+
+                range_cache_set_readahead(&tc->rc, readahead);
+                for (i = 0; i < ARRAY_SIZE(r); i++) {
+                    uint64_t off = g_rand_int_range(rand, 0, len + BS);
+                    uint64_t bytes = g_rand_int_range(rand, 1, 4 * BS);
+
+                    if (i > 0 && g_rand_boolean(rand)) {
+                        /* Continue the previous read: a stream */
+                        off = r[i - 1]->offset + r[i - 1]->bytes;
+                    }
+                    r[i] = test_read_start(tc, off, bytes);
+                }
+                while (!g_queue_is_empty(&tc->pending)) {
+                    unsigned n = g_queue_get_length(&tc->pending);
+                    bool fail = g_rand_int_range(rand, 0, 10) == 0;
+
+                    test_complete_nth(tc, g_rand_int_range(rand, 0, n),
+                                      fail ? -EIO : 0);
+                    g_assert_cmpuint(++steps, <, 10000);
+                }
+                for (i = 0; i < ARRAY_SIZE(r); i++) {
+                    g_assert_true(r[i]->done);
+                    if (r[i]->ret == 0) {
+                        test_read_check(r[i]);
+                    } else {
+                        g_assert_cmpint(r[i]->ret, ==, -EIO);
+                    }
+                    test_read_free(r[i]);
+                }
+                test_cache_free(tc);
+            }
+        }
+    }
+    g_rand_free(rand);
+}
+
+/* Sequential reads fetch ahead; each prefetched block is fetched once */
+static void test_readahead_sequential(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 8);
+    g_autofree char *ev1 = NULL;
+    g_autofree char *ev2 = NULL;
+    g_autofree char *ev3 = NULL;
+    uint64_t pos;
+
+    range_cache_set_readahead(&tc->rc, 3);
+    test_read_sync(tc, 0, 1000);
+    test_read_sync(tc, 1000, BS);
+    ev1 = test_events(tc);
+    /* The second read of the stream starts readahead of blocks 2..4 */
+    g_assert_cmpstr(ev1, ==, "m0 h0 m1 r2");
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 3);
+
+    test_read_sync(tc, 1000 + BS, BS);
+    ev2 = test_events(tc);
+    g_assert_cmpstr(ev2, ==, "h1 h2 r5");
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 4);
+
+    /* The rest of the image: every block fetched exactly once */
+    for (pos = 1000 + 2 * BS; pos < 64 * BS; pos += BS) {
+        test_read_sync(tc, pos, MIN(BS, 64 * BS - pos));
+    }
+    g_assert_cmpuint(tc->fetches, ==, 64);
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 62);
+    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
+    ev3 = test_events(tc);
+    g_assert_null(strstr(ev3, "m"));
+    test_cache_free(tc);
+}
+
+/* Random reads do not start readahead */
+static void test_readahead_random(void)
+{
+    TestCache *tc = test_cache_new(256 * BS, 0, 8);
+    static const unsigned blocks[] = { 17, 200, 3, 90, 150, 40, 250, 8 };
+    unsigned i;
+
+    range_cache_set_readahead(&tc->rc, 4);
+    for (i = 0; i < ARRAY_SIZE(blocks); i++) {
+        test_read_sync(tc, blocks[i] * BS + 5, 100);
+    }
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 0);
+    g_assert_cmpuint(tc->fetches, ==, ARRAY_SIZE(blocks));
+    test_cache_free(tc);
+}
+
+/* Prefetched blocks dropped before any read are counted as unused */
+static void test_readahead_unused(void)
+{
+    TestCache *tc = test_cache_new(256 * BS, 0, 3);
+    g_autofree char *ev = NULL;
+    TestRead *r;
+
+    range_cache_set_readahead(&tc->rc, 2);
+    test_read_sync(tc, 0, 10);
+    test_read_sync(tc, 10, 10);           /* prefetches blocks 1 and 2 */
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 2);
+
+    /* Random reads elsewhere evict block 0, then prefetched block 1 */
+    test_read_sync(tc, 100 * BS, 10);
+    test_read_sync(tc, 200 * BS, 10);
+    /* Block 2 is read before it goes */
+    test_read_sync(tc, 2 * BS, 10);
+    test_read_sync(tc, 150 * BS, 10);
+    ev = test_events(tc);
+    g_assert_cmpstr(ev, ==,
+                    "m0 h0 r1 e0 m100 u1 m200 h2 e100 m150");
+    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 1);
+    test_cache_free(tc);
+
+    /* A failed prefetch is unused too, and fetched again when read */
+    tc = test_cache_new(16 * BS, 0, 4);
+    range_cache_set_readahead(&tc->rc, 1);
+    test_read_sync(tc, 0, 10);
+    r = test_read_start(tc, 10, 10);    /* a hit that prefetches block 1 */
+    test_read_check(r);
+    test_read_free(r);
+    test_complete_one(tc, -EIO);
+    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 1);
+    test_read_sync(tc, BS, 10);
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
+    test_cache_free(tc);
+}
+
+int main(int argc, char **argv)
+{
+    qemu_init_main_loop(&error_abort);
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/range-cache/geometry", test_geometry);
+    g_test_add_func("/range-cache/remote-range", test_remote_range);
+    g_test_add_func("/range-cache/read/fetches-once", test_read_fetches_once);
+    g_test_add_func("/range-cache/read/past-end", test_read_past_end);
+    g_test_add_func("/range-cache/read/larger-than-cache",
+                    test_read_larger_than_cache);
+    g_test_add_func("/range-cache/lru-order", test_lru_order);
+    g_test_add_func("/range-cache/waiters", test_waiters);
+    g_test_add_func("/range-cache/failed-block", test_failed_block);
+    g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
+    g_test_add_func("/range-cache/no-deadlock", test_no_deadlock);
+    g_test_add_func("/range-cache/stress", test_stress);
+    g_test_add_func("/range-cache/readahead/sequential",
+                    test_readahead_sequential);
+    g_test_add_func("/range-cache/readahead/random", test_readahead_random);
+    g_test_add_func("/range-cache/readahead/unused", test_readahead_unused);
+    return g_test_run();
+}
