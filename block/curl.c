@@ -1,0 +1,1442 @@
+/*
+ * QEMU block driver for images read over HTTP, HTTPS, FTP and FTPS
+ *
+ * Copyright (C) 2026 The QEMU curl series authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Reads are served from a cache of aligned blocks (block/range-cache.c).  A
+ * missing block is fetched with one range request; up to 'connections'
+ * fetches run at once over reused connections, through a libcurl multi
+ * handle that the node's AioContext drives.  Sequential reads make the cache
+ * fetch the following blocks before they are asked for.
+ */
+
+#include "qemu/osdep.h"
+#include <curl/curl.h>
+#include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/lockable.h"
+#include "qemu/module.h"
+#include "qemu/option.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
+#include "block/block-io.h"
+#include "block/block_int.h"
+#include "block/range-cache.h"
+#include "crypto/secret.h"
+#include "qobject/qdict.h"
+#include "trace.h"
+
+/* What the libcurl we build against has */
+#if LIBCURL_VERSION_NUM >= 0x075500     /* 7.85.0 */
+#define HAVE_CURLOPT_PROTOCOLS_STR
+#endif
+#if LIBCURL_VERSION_NUM >= 0x073700     /* 7.55.0 */
+#define HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
+#endif
+#if LIBCURL_VERSION_NUM >= 0x071e00     /* 7.30.0 */
+#define HAVE_CURLMOPT_MAX_HOST_CONNECTIONS
+#endif
+
+#define CURL_OPT_URL                    "url"
+#define CURL_OPT_OFFSET                 "offset"
+#define CURL_OPT_BLOCKSIZE              "blocksize"
+#define CURL_OPT_BLOCKCOUNT             "blockcount"
+#define CURL_OPT_CONNECTIONS            "connections"
+#define CURL_OPT_READAHEAD              "readahead"
+#define CURL_OPT_SSLVERIFY              "sslverify"
+#define CURL_OPT_TIMEOUT                "timeout"
+#define CURL_OPT_COOKIE                 "cookie"
+#define CURL_OPT_COOKIE_SECRET          "cookie-secret"
+#define CURL_OPT_USERNAME               "username"
+#define CURL_OPT_PASSWORD_SECRET        "password-secret"
+#define CURL_OPT_PROXY_USERNAME         "proxy-username"
+#define CURL_OPT_PROXY_PASSWORD_SECRET  "proxy-password-secret"
+
+/*
+ * Defaults.  Sixteen 2 MiB transfers in flight keep a 40 ms, 125 MB/s link
+ * busy; the cache then holds the blocks in flight, those being read and some
+ * already read, within 64 MiB for the node.
+ */
+#define CURL_DEFAULT_BLOCKSIZE      (2 * MiB)
+#define CURL_DEFAULT_BLOCKCOUNT     28
+#define CURL_DEFAULT_CONNECTIONS    16
+#define CURL_DEFAULT_READAHEAD      (32 * MiB)
+#define CURL_DEFAULT_TIMEOUT        5
+
+#define CURL_MAX_CONNECTIONS        64
+#define CURL_MAX_CACHE              (1 * GiB)
+#define CURL_MAX_TIMEOUT            10000
+
+/*
+ * A block whose transfer broke off (a reset connection, a short body, a 5xx
+ * answer) is asked for again this many times before its readers see the
+ * error.
+ */
+#define CURL_MAX_RETRIES            2
+
+#define CURL_MAX_REDIRECTS          16
+
+#ifdef HAVE_CURLOPT_PROTOCOLS_STR
+#define CURL_PROTOCOLS              "HTTP,HTTPS,FTP,FTPS"
+#else
+#define CURL_PROTOCOLS              (CURLPROTO_HTTP | CURLPROTO_HTTPS | \
+                                     CURLPROTO_FTP | CURLPROTO_FTPS)
+#endif
+
+typedef struct BDRVCURLState BDRVCURLState;
+typedef QSIMPLEQ_HEAD(, RangeCacheBlock) CURLFetchQueue;
+
+/* What the headers of an HTTP answer said; FTP has none of these */
+typedef struct CURLHeaders {
+    bool http;                  /* an HTTP status line was seen */
+    bool accept_ranges;         /* Accept-Ranges: bytes */
+    bool has_range;             /* Content-Range: bytes FIRST-LAST/TOTAL */
+    uint64_t range_first;
+    uint64_t range_last;
+    uint64_t range_total;
+    char etag[128];
+    char last_modified[64];
+} CURLHeaders;
+
+/* One easy handle, and the block it is fetching */
+typedef struct CURLTransfer {
+    BDRVCURLState *s;
+    CURL *easy;
+    RangeCacheBlock *blk;       /* NULL while idle */
+    uint64_t first;             /* remote byte range of blk, inclusive */
+    uint64_t last;
+    uint64_t received;          /* body bytes written to blk->data */
+    int64_t start_ns;
+    unsigned attempt;           /* 0 for the first request of blk */
+    int ret;                    /* -errno when our own checks failed */
+    char why[256];              /* and why */
+    char range[48];             /* CURLOPT_RANGE, "FIRST-LAST" */
+    CURLHeaders headers;
+    char errbuf[CURL_ERROR_SIZE];
+} CURLTransfer;
+
+/* A socket libcurl asked us to watch */
+typedef struct CURLSocket {
+    BDRVCURLState *s;
+    curl_socket_t fd;
+    QLIST_ENTRY(CURLSocket) next;
+} CURLSocket;
+
+struct BDRVCURLState {
+    /* Options, constant once open */
+    char *url;
+    uint64_t offset;            /* added to every range request */
+    uint64_t blocksize;
+    unsigned blockcount;
+    unsigned connections;       /* most transfers at once */
+    uint64_t readahead;         /* bytes fetched ahead of sequential reads */
+    bool sslverify;
+    uint64_t timeout;           /* seconds to connect, or without progress */
+    char *cookie;
+    char *username;
+    char *password;
+    char *proxy_username;
+    char *proxy_password;
+
+    /* What the server told us at open, constant once open */
+    uint64_t remote_len;        /* length of the whole remote file */
+    char *validator;            /* sent as If-Range; NULL if none */
+    struct curl_slist *req_headers;
+    CURLSH *share;              /* DNS and TLS sessions of all handles */
+
+    /*
+     * Protects the cache, the queues and the transfers.  libcurl itself is
+     * only called from aio_context, with the lock held, so that callbacks
+     * run with it held too.  Reads may come from any thread.
+     */
+    QemuMutex mutex;
+    RangeCache cache;
+    CURLFetchQueue fetch_queue;     /* blocks that reads need */
+    CURLFetchQueue prefetch_queue;  /* blocks for readahead */
+    CURLTransfer *transfers;    /* 'connections' of them */
+    unsigned active;            /* transfers running */
+    bool error_reported;        /* only the first failure goes to stderr */
+
+    /* Statistics, traced at close; protected by mutex */
+    uint64_t nb_transfers;
+    uint64_t bytes_fetched;
+    uint64_t nb_retries;
+
+    /* Set up in aio_context by attach, torn down by detach */
+    AioContext *aio_context;
+    CURLM *multi;
+    QEMUTimer timer;            /* libcurl's timeout */
+    QEMUBH *start_bh;           /* starts queued fetches in aio_context */
+    QLIST_HEAD(, CURLSocket) sockets;
+};
+
+static bool libcurl_initialized;
+
+static void curl_check_setopt(CURLcode ret, const char *name, Error **errp)
+{
+    if (ret != CURLE_OK && !*errp) {
+        error_setg(errp, "libcurl refused %s: %s", name,
+                   curl_easy_strerror(ret));
+    }
+}
+
+/* Set an option of @easy, unless an earlier one failed; needs ERRP_GUARD */
+#define curl_setopt(easy, opt, val, errp)                                  \
+    curl_check_setopt(*(errp) ? CURLE_OK : curl_easy_setopt(easy, opt, val), \
+                      #opt, errp)
+
+/*
+ * The header callbacks: parse what we need of one header line.  Redirects
+ * bring several answers; each status line starts a new one.
+ */
+static bool curl_header_is(const char *line, size_t len, const char *name,
+                           const char **value, size_t *value_len)
+{
+    size_t n = strlen(name);
+
+    if (len <= n || line[n] != ':' || g_ascii_strncasecmp(line, name, n)) {
+        return false;
+    }
+    line += n + 1;
+    len -= n + 1;
+    while (len && g_ascii_isspace(*line)) {
+        line++;
+        len--;
+    }
+    while (len && g_ascii_isspace(line[len - 1])) {
+        len--;
+    }
+    *value = line;
+    *value_len = len;
+    return true;
+}
+
+static void curl_copy_value(char *dst, size_t size, const char *v, size_t len)
+{
+    if (len < size) {
+        memcpy(dst, v, len);
+        dst[len] = '\0';
+    } else {
+        dst[0] = '\0';      /* too long to be of use: ignore it */
+    }
+}
+
+/* Parse "bytes FIRST-LAST/TOTAL" */
+static bool curl_parse_content_range(const char *v, size_t len,
+                                     CURLHeaders *h)
+{
+    g_autofree char *str = g_strndup(v, len);
+    const char *p;
+
+    if (!g_str_has_prefix(str, "bytes ")) {
+        return false;
+    }
+    p = str + strlen("bytes ");
+    if (qemu_strtou64(p, &p, 10, &h->range_first) || *p++ != '-' ||
+        qemu_strtou64(p, &p, 10, &h->range_last) || *p++ != '/' ||
+        qemu_strtou64(p, NULL, 10, &h->range_total) ||
+        h->range_first > h->range_last || h->range_last >= h->range_total) {
+        return false;
+    }
+    return true;
+}
+
+static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
+                             void *opaque)
+{
+    CURLHeaders *h = opaque;
+    size_t len = size * nmemb;
+    const char *v;
+    size_t vlen;
+
+    if (len >= 5 && !memcmp(line, "HTTP/", 5)) {
+        *h = (CURLHeaders) { .http = true };
+    } else if (curl_header_is(line, len, "accept-ranges", &v, &vlen)) {
+        h->accept_ranges = vlen == 5 && !g_ascii_strncasecmp(v, "bytes", 5);
+    } else if (curl_header_is(line, len, "content-range", &v, &vlen)) {
+        h->has_range = curl_parse_content_range(v, vlen, h);
+    } else if (curl_header_is(line, len, "etag", &v, &vlen)) {
+        curl_copy_value(h->etag, sizeof(h->etag), v, vlen);
+    } else if (curl_header_is(line, len, "last-modified", &v, &vlen)) {
+        curl_copy_value(h->last_modified, sizeof(h->last_modified), v, vlen);
+    }
+    return len;
+}
+
+/* Options every easy handle gets: where, how, and who we are */
+static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
+                            CURLHeaders *headers, Error **errp)
+{
+    ERRP_GUARD();
+
+    curl_setopt(easy, CURLOPT_URL, s->url, errp);
+    curl_setopt(easy, CURLOPT_ERRORBUFFER, errbuf, errp);
+    curl_setopt(easy, CURLOPT_HEADERFUNCTION, curl_header_cb, errp);
+    curl_setopt(easy, CURLOPT_HEADERDATA, headers, errp);
+    curl_setopt(easy, CURLOPT_NOSIGNAL, 1L, errp);
+    curl_setopt(easy, CURLOPT_FAILONERROR, 1L, errp);
+    curl_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L, errp);
+    curl_setopt(easy, CURLOPT_MAXREDIRS, (long)CURL_MAX_REDIRECTS, errp);
+    /*
+     * Only the four protocols the driver is for, redirects included: the
+     * more obscure ones have had their security problems (CVE-2013-0249).
+     */
+#ifdef HAVE_CURLOPT_PROTOCOLS_STR
+    curl_setopt(easy, CURLOPT_PROTOCOLS_STR, CURL_PROTOCOLS, errp);
+    curl_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, CURL_PROTOCOLS, errp);
+#else
+    curl_setopt(easy, CURLOPT_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
+    curl_setopt(easy, CURLOPT_REDIR_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
+#endif
+    curl_setopt(easy, CURLOPT_SSL_VERIFYPEER, (long)s->sslverify, errp);
+    curl_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L, errp);
+    /*
+     * 'timeout' bounds connecting and any stall of a transfer, not its
+     * length: a large block on a slow link may take longer, and that is fine
+     * while bytes arrive.
+     */
+    curl_setopt(easy, CURLOPT_CONNECTTIMEOUT, (long)s->timeout, errp);
+    curl_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, s->timeout ? 1L : 0L, errp);
+    curl_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long)s->timeout, errp);
+    curl_setopt(easy, CURLOPT_SHARE, s->share, errp);
+    if (s->cookie) {
+        curl_setopt(easy, CURLOPT_COOKIE, s->cookie, errp);
+    }
+    if (s->username) {
+        curl_setopt(easy, CURLOPT_USERNAME, s->username, errp);
+    }
+    if (s->password) {
+        curl_setopt(easy, CURLOPT_PASSWORD, s->password, errp);
+    }
+    if (s->proxy_username) {
+        curl_setopt(easy, CURLOPT_PROXYUSERNAME, s->proxy_username, errp);
+    }
+    if (s->proxy_password) {
+        curl_setopt(easy, CURLOPT_PROXYPASSWORD, s->proxy_password, errp);
+    }
+    return !*errp;
+}
+
+/* The errno for a libcurl failure, for the guest and the caller */
+static int curl_errno(CURLcode code, long status)
+{
+    switch (code) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_HTTP_RETURNED_ERROR:
+        switch (status) {
+        case 401:
+        case 403:
+        case 407:
+            return -EACCES;
+        case 404:
+        case 410:
+            return -ENOENT;
+        case 416:
+            return -ESTALE;     /* the file shrank under us */
+        default:
+            return -EIO;
+        }
+    case CURLE_OUT_OF_MEMORY:
+        return -ENOMEM;
+    case CURLE_OPERATION_TIMEDOUT:
+        return -ETIMEDOUT;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return -EHOSTUNREACH;
+    case CURLE_COULDNT_CONNECT:
+        return -ECONNREFUSED;
+    case CURLE_LOGIN_DENIED:
+    case CURLE_REMOTE_ACCESS_DENIED:
+    case CURLE_PEER_FAILED_VERIFICATION:
+        return -EACCES;
+    case CURLE_REMOTE_FILE_NOT_FOUND:
+        return -ENOENT;
+    case CURLE_TOO_MANY_REDIRECTS:
+        return -ELOOP;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return -EPROTONOSUPPORT;
+    case CURLE_URL_MALFORMAT:
+        return -EINVAL;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_RANGE_ERROR:
+    case CURLE_WEIRD_SERVER_REPLY:
+        return -EPROTO;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        return -ECONNRESET;
+    default:
+        return -EIO;
+    }
+}
+
+/* libcurl's message for a failed transfer, with the HTTP status if any */
+static void curl_describe(CURLcode code, long status, const char *errbuf,
+                          char *why, size_t size)
+{
+    if (code == CURLE_HTTP_RETURNED_ERROR) {
+        snprintf(why, size, "the server answered HTTP %ld", status);
+    } else {
+        snprintf(why, size, "%s", *errbuf ? errbuf : curl_easy_strerror(code));
+    }
+}
+
+static void curl_start_transfers_locked(BDRVCURLState *s);
+
+/*
+ * Socket and timer callbacks: libcurl tells us what to watch, the event loop
+ * tells libcurl what happened, and every finished transfer is handled.
+ */
+static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result);
+
+static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
+{
+    CURLMsg *msg;
+    int running, left;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    if (!s->multi) {
+        return;
+    }
+    curl_multi_socket_action(s->multi, fd, events, &running);
+    while ((msg = curl_multi_info_read(s->multi, &left))) {
+        CURLTransfer *t;
+
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        curl_transfer_done_locked(t, msg->data.result);
+    }
+    curl_start_transfers_locked(s);
+}
+
+static void curl_sock_read_cb(void *opaque)
+{
+    CURLSocket *sock = opaque;
+
+    curl_multi_do(sock->s, sock->fd, CURL_CSELECT_IN);
+}
+
+static void curl_sock_write_cb(void *opaque)
+{
+    CURLSocket *sock = opaque;
+
+    curl_multi_do(sock->s, sock->fd, CURL_CSELECT_OUT);
+}
+
+static void curl_timer_expired(void *opaque)
+{
+    curl_multi_do(opaque, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static void curl_forget_socket(BDRVCURLState *s, CURLSocket *sock)
+{
+    aio_set_fd_handler(s->aio_context, sock->fd, NULL, NULL, NULL, NULL,
+                       NULL);
+    QLIST_REMOVE(sock, next);
+    g_free(sock);
+}
+
+static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
+                        void *socketp)
+{
+    BDRVCURLState *s = userp;
+    CURLSocket *sock = socketp;
+
+    trace_curl_sock_cb(s, what, fd);
+    if (what == CURL_POLL_REMOVE) {
+        if (sock) {
+            curl_forget_socket(s, sock);
+        }
+        return 0;
+    }
+    if (!sock) {
+        sock = g_new0(CURLSocket, 1);
+        sock->s = s;
+        sock->fd = fd;
+        QLIST_INSERT_HEAD(&s->sockets, sock, next);
+        curl_multi_assign(s->multi, fd, sock);
+    }
+    aio_set_fd_handler(s->aio_context, fd,
+                       what & CURL_POLL_IN ? curl_sock_read_cb : NULL,
+                       what & CURL_POLL_OUT ? curl_sock_write_cb : NULL,
+                       NULL, NULL, sock);
+    return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    BDRVCURLState *s = userp;
+
+    trace_curl_timer_cb(s, timeout_ms);
+    if (timeout_ms < 0) {
+        timer_del(&s->timer);
+    } else {
+        timer_mod(&s->timer,
+                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + timeout_ms);
+    }
+    return 0;
+}
+
+/*
+ * Transfers
+ */
+
+/* Check the answer before its first byte is stored */
+static bool curl_transfer_check_answer(CURLTransfer *t)
+{
+    BDRVCURLState *s = t->s;
+    CURLHeaders *h = &t->headers;
+    long status = 0;
+
+    if (!h->http) {
+        return true;        /* FTP: REST and SIZE do not lie */
+    }
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status == 206 && h->has_range) {
+        if (h->range_total != s->remote_len) {
+            t->ret = -ESTALE;
+            snprintf(t->why, sizeof(t->why), "the remote file changed: it "
+                     "has %" PRIu64 " bytes, not %" PRIu64, h->range_total,
+                     s->remote_len);
+            return false;
+        }
+        if (h->range_first != t->first || h->range_last != t->last) {
+            t->ret = -EPROTO;
+            snprintf(t->why, sizeof(t->why), "the server sent bytes %"
+                     PRIu64 "-%" PRIu64 " for a request of bytes %" PRIu64
+                     "-%" PRIu64, h->range_first, h->range_last, t->first,
+                     t->last);
+            return false;
+        }
+        return true;
+    }
+    if (status == 200 && t->first == 0 && t->last == s->remote_len - 1) {
+        return true;        /* the whole file, as asked */
+    }
+    if (status == 200 && s->validator) {
+        t->ret = -ESTALE;
+        snprintf(t->why, sizeof(t->why), "the remote file changed since it "
+                 "was opened (it no longer matches %s)", s->validator);
+    } else {
+        t->ret = -EPROTO;
+        snprintf(t->why, sizeof(t->why), "the server answered a range "
+                 "request with HTTP %ld%s", status,
+                 status == 206 ? " but no valid Content-Range" : "");
+    }
+    return false;
+}
+
+static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
+                            void *opaque)
+{
+    CURLTransfer *t = opaque;
+    RangeCacheBlock *blk = t->blk;
+    size_t len = size * nmemb;
+
+    if (t->received == 0 && !curl_transfer_check_answer(t)) {
+        return 0;
+    }
+    if (len > blk->len - t->received) {
+        t->ret = -EPROTO;
+        snprintf(t->why, sizeof(t->why), "the server sent more than the %"
+                 PRIu64 " bytes asked for", blk->len);
+        return 0;
+    }
+    memcpy(blk->data + t->received, ptr, len);
+    t->received += len;
+    return len;
+}
+
+static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
+                               Error **errp)
+{
+    ERRP_GUARD();
+
+    t->s = s;
+    t->easy = curl_easy_init();
+    if (!t->easy) {
+        error_setg(errp, "libcurl could not create a transfer");
+        return false;
+    }
+    curl_setup_easy(s, t->easy, t->errbuf, &t->headers, errp);
+    curl_setopt(t->easy, CURLOPT_PRIVATE, t, errp);
+    curl_setopt(t->easy, CURLOPT_WRITEFUNCTION, curl_write_cb, errp);
+    curl_setopt(t->easy, CURLOPT_WRITEDATA, t, errp);
+    if (s->req_headers) {
+        curl_setopt(t->easy, CURLOPT_HTTPHEADER, s->req_headers, errp);
+    }
+    return !*errp;
+}
+
+/* Ask for the remote bytes of t->blk */
+static int curl_transfer_submit_locked(CURLTransfer *t)
+{
+    BDRVCURLState *s = t->s;
+    RangeCacheBlock *blk = t->blk;
+    CURLcode code;
+    CURLMcode mcode;
+
+    range_cache_remote_range(&s->cache, blk, &t->first, &t->last);
+    snprintf(t->range, sizeof(t->range), "%" PRIu64 "-%" PRIu64,
+             t->first, t->last);
+    t->received = 0;
+    t->ret = 0;
+    t->why[0] = '\0';
+    t->errbuf[0] = '\0';
+    t->headers = (CURLHeaders) { 0 };
+    t->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+
+    code = curl_easy_setopt(t->easy, CURLOPT_RANGE, t->range);
+    if (code != CURLE_OK) {
+        snprintf(t->why, sizeof(t->why), "%s", curl_easy_strerror(code));
+        return -EIO;
+    }
+    mcode = curl_multi_add_handle(s->multi, t->easy);
+    if (mcode != CURLM_OK) {
+        snprintf(t->why, sizeof(t->why), "%s", curl_multi_strerror(mcode));
+        return -EIO;
+    }
+    trace_curl_transfer_start(s, blk->index, t->first, t->last,
+                              blk->prefetched, s->active);
+    return 0;
+}
+
+/* Tell the user about the first failure; the guest only sees an errno */
+static void curl_report_failure_locked(BDRVCURLState *s, CURLTransfer *t,
+                                       int ret)
+{
+    if (!s->error_reported) {
+        s->error_reported = true;
+        error_report("curl: %s: reading bytes %" PRIu64 "-%" PRIu64
+                     " failed: %s (%s)", s->url, t->first, t->last, t->why,
+                     strerror(-ret));
+    }
+}
+
+/* Whether asking again may help */
+static bool curl_transfer_retryable(CURLcode code, long status, int ret)
+{
+    if (code == CURLE_HTTP_RETURNED_ERROR) {
+        return status >= 500;
+    }
+    return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
+}
+
+static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
+{
+    BDRVCURLState *s = t->s;
+    RangeCacheBlock *blk = t->blk;
+    long status = 0, new_conns = 0;
+    int ret;
+
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_conns);
+    curl_multi_remove_handle(s->multi, t->easy);
+
+    if (t->ret < 0) {
+        ret = t->ret;                   /* our checks stopped it */
+    } else if (result != CURLE_OK) {
+        ret = curl_errno(result, status);
+        curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
+    } else if (t->received != blk->len) {
+        ret = -ECONNRESET;
+        snprintf(t->why, sizeof(t->why), "the transfer ended after %" PRIu64
+                 " of %" PRIu64 " bytes", t->received, blk->len);
+    } else {
+        ret = 0;
+    }
+
+    s->nb_transfers++;
+    s->bytes_fetched += t->received;
+    trace_curl_transfer_done(s, blk->index, t->received,
+                             (qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
+                              t->start_ns) / SCALE_US,
+                             new_conns, ret, t->why);
+
+    if (ret < 0 && t->attempt < CURL_MAX_RETRIES &&
+        curl_transfer_retryable(result, status, ret)) {
+        t->attempt++;
+        s->nb_retries++;
+        trace_curl_transfer_retry(s, blk->index, t->attempt, ret);
+        ret = curl_transfer_submit_locked(t);
+        if (ret == 0) {
+            return;
+        }
+    }
+
+    t->blk = NULL;
+    t->attempt = 0;
+    s->active--;
+    if (ret < 0) {
+        curl_report_failure_locked(s, t, ret);
+    }
+    /* Drops the lock while readers run */
+    range_cache_complete_locked(&s->cache, blk, ret);
+}
+
+static RangeCacheBlock *curl_dequeue_locked(BDRVCURLState *s)
+{
+    RangeCacheBlock *blk = QSIMPLEQ_FIRST(&s->fetch_queue);
+
+    if (blk) {
+        QSIMPLEQ_REMOVE_HEAD(&s->fetch_queue, fetch_next);
+    } else {
+        blk = QSIMPLEQ_FIRST(&s->prefetch_queue);
+        if (blk) {
+            QSIMPLEQ_REMOVE_HEAD(&s->prefetch_queue, fetch_next);
+        }
+    }
+    return blk;
+}
+
+/* Start queued fetches, those that reads wait for first, while we may */
+static void curl_start_transfers_locked(BDRVCURLState *s)
+{
+    RangeCacheBlock *blk;
+
+    if (!s->multi) {
+        /* attach could not create it: fail rather than wait forever */
+        while ((blk = curl_dequeue_locked(s))) {
+            range_cache_complete_locked(&s->cache, blk, -ENOMEM);
+        }
+        return;
+    }
+    while (s->active < s->connections && (blk = curl_dequeue_locked(s))) {
+        CURLTransfer *t = s->transfers;
+        int ret;
+
+        while (t->blk) {
+            t++;
+        }
+        t->blk = blk;
+        s->active++;
+        ret = curl_transfer_submit_locked(t);
+        if (ret < 0) {
+            t->blk = NULL;
+            s->active--;
+            curl_report_failure_locked(s, t, ret);
+            range_cache_complete_locked(&s->cache, blk, ret);
+        }
+    }
+}
+
+static void curl_start_bh(void *opaque)
+{
+    BDRVCURLState *s = opaque;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    curl_start_transfers_locked(s);
+}
+
+/* RangeCacheOps.fetch: called with the lock held, in any thread */
+static void curl_cache_fetch(void *opaque, RangeCacheBlock *blk)
+{
+    BDRVCURLState *s = opaque;
+
+    if (blk->prefetched) {
+        QSIMPLEQ_INSERT_TAIL(&s->prefetch_queue, blk, fetch_next);
+    } else {
+        QSIMPLEQ_INSERT_TAIL(&s->fetch_queue, blk, fetch_next);
+    }
+    /* libcurl runs in the node's AioContext only */
+    qemu_bh_schedule(s->start_bh);
+}
+
+static void curl_cache_event(void *opaque, RangeCacheEvent event,
+                             uint64_t index, uint64_t arg)
+{
+    BDRVCURLState *s = opaque;
+
+    switch (event) {
+    case RANGE_CACHE_HIT:
+        trace_curl_cache_hit(s, index);
+        break;
+    case RANGE_CACHE_WAIT:
+        trace_curl_cache_wait(s, index);
+        break;
+    case RANGE_CACHE_MISS:
+        trace_curl_cache_miss(s, index);
+        break;
+    case RANGE_CACHE_NO_ROOM:
+        trace_curl_cache_no_room(s, index);
+        break;
+    case RANGE_CACHE_EVICT:
+    case RANGE_CACHE_EVICT_UNUSED:
+        trace_curl_cache_evict(s, index, event == RANGE_CACHE_EVICT_UNUSED);
+        break;
+    case RANGE_CACHE_READAHEAD:
+        trace_curl_readahead(s, index, index + arg - 1);
+        break;
+    }
+}
+
+static const RangeCacheOps curl_cache_ops = {
+    .fetch = curl_cache_fetch,
+    .event = curl_cache_event,
+};
+
+/*
+ * AioContext: the multi handle, its sockets and its timer live in one.
+ * Reads are drained before a node moves, so only readahead can still be in
+ * flight: its blocks go back to the queue and restart in the new context.
+ */
+static void curl_attach_aio_context(BlockDriverState *bs,
+                                    AioContext *new_context)
+{
+    BDRVCURLState *s = bs->opaque;
+
+    s->aio_context = new_context;
+    aio_timer_init(new_context, &s->timer, QEMU_CLOCK_REALTIME, SCALE_MS,
+                   curl_timer_expired, s);
+    s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
+
+    s->multi = curl_multi_init();
+    if (!s->multi) {
+        /* Nothing to attach to: reads fail until the next attach */
+        error_report("curl: libcurl could not create a multi handle");
+        return;
+    }
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, curl_sock_cb);
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)s->connections);
+#ifdef HAVE_CURLMOPT_MAX_HOST_CONNECTIONS
+    curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      (long)s->connections);
+    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      (long)s->connections);
+#endif
+
+    WITH_QEMU_LOCK_GUARD(&s->mutex) {
+        if (!QSIMPLEQ_EMPTY(&s->fetch_queue) ||
+            !QSIMPLEQ_EMPTY(&s->prefetch_queue)) {
+            qemu_bh_schedule(s->start_bh);
+        }
+    }
+}
+
+static void curl_detach_aio_context(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+    CURLSocket *sock, *next_sock;
+    unsigned i;
+
+    WITH_QEMU_LOCK_GUARD(&s->mutex) {
+        for (i = 0; i < s->connections; i++) {
+            CURLTransfer *t = &s->transfers[i];
+
+            if (t->blk) {
+                curl_multi_remove_handle(s->multi, t->easy);
+                QSIMPLEQ_INSERT_HEAD(t->blk->prefetched ? &s->prefetch_queue :
+                                     &s->fetch_queue, t->blk, fetch_next);
+                t->blk = NULL;
+                t->attempt = 0;
+                s->active--;
+            }
+        }
+        QLIST_FOREACH_SAFE(sock, &s->sockets, next, next_sock) {
+            curl_forget_socket(s, sock);
+        }
+        if (s->multi) {
+            /* We forgot the sockets already; no more callbacks */
+            curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+            curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, NULL);
+            curl_multi_cleanup(s->multi);
+            s->multi = NULL;
+        }
+    }
+    timer_del(&s->timer);
+    qemu_bh_delete(s->start_bh);
+    s->start_bh = NULL;
+}
+
+/*
+ * Opening: options, then a look at the remote file
+ */
+
+static QemuOptsList runtime_opts = {
+    .name = "curl",
+    .head = QTAILQ_HEAD_INITIALIZER(runtime_opts.head),
+    .desc = {
+        {
+            .name = CURL_OPT_URL,
+            .type = QEMU_OPT_STRING,
+            .help = "URL of the image",
+        },
+        {
+            .name = CURL_OPT_OFFSET,
+            .type = QEMU_OPT_SIZE,
+            .help = "Where the image starts in the remote file "
+                    "(default: 0)",
+        },
+        {
+            .name = CURL_OPT_BLOCKSIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "Size of the blocks fetched and cached, a power of two "
+                    "from 4k to 64M (default: 2M)",
+        },
+        {
+            .name = CURL_OPT_BLOCKCOUNT,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Number of blocks cached, at most 1G of them "
+                    "(default: 28)",
+        },
+        {
+            .name = CURL_OPT_CONNECTIONS,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Most transfers at once, 1 to 64 (default: 16)",
+        },
+        {
+            .name = CURL_OPT_READAHEAD,
+            .type = QEMU_OPT_SIZE,
+            .help = "How far to fetch ahead of sequential reads, 0 for no "
+                    "readahead (default: 32M, or less to fit the cache)",
+        },
+        {
+            .name = CURL_OPT_SSLVERIFY,
+            .type = QEMU_OPT_BOOL,
+            .help = "Verify the server's TLS certificate (default: on)",
+        },
+        {
+            .name = CURL_OPT_TIMEOUT,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Seconds to connect, or to wait for data, before giving "
+                    "up; 0 for no limit (default: 5)",
+        },
+        {
+            .name = CURL_OPT_COOKIE,
+            .type = QEMU_OPT_STRING,
+            .help = "Cookie or list of cookies to send with each request",
+        },
+        {
+            .name = CURL_OPT_COOKIE_SECRET,
+            .type = QEMU_OPT_STRING,
+            .help = "ID of a secret with the cookies to send",
+        },
+        {
+            .name = CURL_OPT_USERNAME,
+            .type = QEMU_OPT_STRING,
+            .help = "User name for authentication",
+        },
+        {
+            .name = CURL_OPT_PASSWORD_SECRET,
+            .type = QEMU_OPT_STRING,
+            .help = "ID of a secret with the password for authentication",
+        },
+        {
+            .name = CURL_OPT_PROXY_USERNAME,
+            .type = QEMU_OPT_STRING,
+            .help = "User name for proxy authentication",
+        },
+        {
+            .name = CURL_OPT_PROXY_PASSWORD_SECRET,
+            .type = QEMU_OPT_STRING,
+            .help = "ID of a secret with the password for the proxy",
+        },
+        { /* end of list */ }
+    },
+};
+
+/* A secret's value, if @secret_opt names one */
+static bool curl_get_secret(QemuOpts *opts, const char *secret_opt,
+                            char **value, Error **errp)
+{
+    const char *id = qemu_opt_get(opts, secret_opt);
+
+    *value = NULL;
+    if (id) {
+        *value = qcrypto_secret_lookup_as_utf8(id, errp);
+        return *value != NULL;
+    }
+    return true;
+}
+
+/* How big the blocks and the cache are, and how we fetch */
+static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
+                                     Error **errp)
+{
+    uint64_t blockcount, connections, room;
+
+    s->blocksize = qemu_opt_get_size(opts, CURL_OPT_BLOCKSIZE,
+                                     CURL_DEFAULT_BLOCKSIZE);
+    if (!is_power_of_2(s->blocksize) ||
+        s->blocksize < RANGE_CACHE_MIN_BLOCK_SIZE ||
+        s->blocksize > RANGE_CACHE_MAX_BLOCK_SIZE) {
+        error_setg(errp, "blocksize must be a power of two between 4 KiB "
+                   "and 64 MiB, not %" PRIu64, s->blocksize);
+        return false;
+    }
+
+    blockcount = qemu_opt_get_number(opts, CURL_OPT_BLOCKCOUNT,
+                                     CURL_DEFAULT_BLOCKCOUNT);
+    if (blockcount < 1 || blockcount > CURL_MAX_CACHE / s->blocksize) {
+        error_setg(errp, "blockcount must be between 1 and %" PRIu64
+                   " with a blocksize of %" PRIu64 " (the cache may use at "
+                   "most 1 GiB), not %s", CURL_MAX_CACHE / s->blocksize,
+                   s->blocksize, qemu_opt_get(opts, CURL_OPT_BLOCKCOUNT));
+        return false;
+    }
+    s->blockcount = blockcount;
+
+    connections = qemu_opt_get_number(opts, CURL_OPT_CONNECTIONS,
+                                      CURL_DEFAULT_CONNECTIONS);
+    if (connections < 1 || connections > CURL_MAX_CONNECTIONS) {
+        error_setg(errp, "connections must be between 1 and %d, not %s",
+                   CURL_MAX_CONNECTIONS,
+                   qemu_opt_get(opts, CURL_OPT_CONNECTIONS));
+        return false;
+    }
+    s->connections = connections;
+
+    /* Readahead must leave room for a block that a read needs */
+    room = (s->blockcount - 1) * s->blocksize;
+    if (!qemu_opt_get(opts, CURL_OPT_READAHEAD)) {
+        s->readahead = MIN(CURL_DEFAULT_READAHEAD, room);
+    } else {
+        s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD, 0);
+        if (s->readahead > room) {
+            error_setg(errp, "readahead must be at most (blockcount - 1) * "
+                       "blocksize = %" PRIu64 " bytes, not %" PRIu64, room,
+                       s->readahead);
+            return false;
+        }
+    }
+
+    s->offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
+    return true;
+}
+
+static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
+                               QDict *options, Error **errp)
+{
+    QemuOpts *opts = qemu_opts_create(&runtime_opts, NULL, 0, &error_abort);
+    const char *url, *cookie, *rest;
+    bool ok = false;
+
+    if (!qemu_opts_absorb_qdict(opts, options, errp) ||
+        !curl_parse_cache_options(s, opts, errp)) {
+        goto out;
+    }
+
+    url = qemu_opt_get(opts, CURL_OPT_URL);
+    if (!url) {
+        error_setg(errp, "curl block driver requires an 'url' option");
+        goto out;
+    }
+    if (!strstart(url, bs->drv->protocol_name, &rest) ||
+        !strstart(rest, "://", NULL)) {
+        error_setg(errp, "%s curl driver cannot handle the URL '%s' (does "
+                   "not start with '%s://')", bs->drv->protocol_name, url,
+                   bs->drv->protocol_name);
+        goto out;
+    }
+    s->url = g_strdup(url);
+
+    s->timeout = qemu_opt_get_number(opts, CURL_OPT_TIMEOUT,
+                                     CURL_DEFAULT_TIMEOUT);
+    if (s->timeout > CURL_MAX_TIMEOUT) {
+        error_setg(errp, "timeout must be between 0 and %d seconds, not %s",
+                   CURL_MAX_TIMEOUT, qemu_opt_get(opts, CURL_OPT_TIMEOUT));
+        goto out;
+    }
+    s->sslverify = qemu_opt_get_bool(opts, CURL_OPT_SSLVERIFY, true);
+
+    cookie = qemu_opt_get(opts, CURL_OPT_COOKIE);
+    if (cookie && qemu_opt_get(opts, CURL_OPT_COOKIE_SECRET)) {
+        error_setg(errp, "curl driver cannot handle both cookie and cookie "
+                   "secret");
+        goto out;
+    }
+    s->cookie = g_strdup(cookie);
+    s->username = g_strdup(qemu_opt_get(opts, CURL_OPT_USERNAME));
+    s->proxy_username = g_strdup(qemu_opt_get(opts, CURL_OPT_PROXY_USERNAME));
+    ok = (cookie || curl_get_secret(opts, CURL_OPT_COOKIE_SECRET, &s->cookie,
+                                    errp)) &&
+         curl_get_secret(opts, CURL_OPT_PASSWORD_SECRET, &s->password, errp) &&
+         curl_get_secret(opts, CURL_OPT_PROXY_PASSWORD_SECRET,
+                         &s->proxy_password, errp);
+out:
+    qemu_opts_del(opts);
+    return ok;
+}
+
+/* What a look at the remote file found */
+typedef struct CURLProbe {
+    CURLHeaders headers;
+    uint64_t body;              /* body bytes the server sent */
+    char errbuf[CURL_ERROR_SIZE];
+} CURLProbe;
+
+static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
+                                  void *opaque)
+{
+    CURLProbe *p = opaque;
+
+    /* We ask for one byte: a server sending more ignores ranges, stop it */
+    p->body += size * nmemb;
+    return p->body > 1 ? 0 : size * nmemb;
+}
+
+/* Run the request set up on @easy; on failure say why in @errp */
+static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
+                              const char *what, long *status, Error **errp)
+{
+    CURLcode code;
+
+    p->body = 0;
+    p->errbuf[0] = '\0';
+    code = curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, status);
+    trace_curl_probe(s, what, code, *status, p->headers.accept_ranges);
+    if (code != CURLE_OK && code != CURLE_WRITE_ERROR) {
+        char why[CURL_ERROR_SIZE + 64];
+
+        curl_describe(code, *status, p->errbuf, why, sizeof(why));
+        error_setg(errp, "%s", why);
+        return curl_errno(code, *status);
+    }
+    return 0;
+}
+
+/*
+ * An HTTP server that refuses HEAD (as presigned object store URLs do) or
+ * does not advertise byte ranges is asked for the first byte of the file.
+ */
+static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
+                            Error **errp)
+{
+    ERRP_GUARD();
+    CURLHeaders *h = &p->headers;
+    long status = 0;
+    int ret;
+
+    curl_setopt(easy, CURLOPT_NOBODY, 0L, errp);
+    curl_setopt(easy, CURLOPT_HTTPGET, 1L, errp);
+    curl_setopt(easy, CURLOPT_RANGE, "0-0", errp);
+    if (*errp) {
+        return -EIO;
+    }
+    ret = curl_probe_perform(s, easy, p, "GET bytes 0-0", &status,
+                             errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (status != 206 || !h->has_range || h->range_first != 0 ||
+        h->range_last != 0 || p->body != 1) {
+        error_setg(errp, "the server does not support byte ranges: it "
+                   "answered a request for the first byte with HTTP %ld%s",
+                   status, status == 206 ? " and no valid Content-Range" : "");
+        return -ENOTSUP;
+    }
+    s->remote_len = h->range_total;
+    return 0;
+}
+
+/* What the remote file's length is, and that we can read ranges of it */
+static int curl_probe(BDRVCURLState *s, Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree CURLProbe *p = g_new0(CURLProbe, 1);
+    CURLHeaders *h = &p->headers;
+    CURL *easy = curl_easy_init();
+    long status = 0;
+    int ret;
+
+    if (!easy) {
+        error_setg(errp, "libcurl could not create a transfer");
+        return -ENOMEM;
+    }
+    curl_setup_easy(s, easy, p->errbuf, h, errp);
+    curl_setopt(easy, CURLOPT_WRITEFUNCTION, curl_probe_write_cb, errp);
+    curl_setopt(easy, CURLOPT_WRITEDATA, p, errp);
+    curl_setopt(easy, CURLOPT_NOBODY, 1L, errp);
+    if (*errp) {
+        ret = -EIO;
+        goto out;
+    }
+
+    ret = curl_probe_perform(s, easy, p, "HEAD", &status, errp);
+    if (ret < 0 && h->http && status != 401 && status != 404 &&
+        status != 407 && status != 410) {
+        /* HEAD refused: GET will tell */
+        error_free(*errp);
+        *errp = NULL;
+        ret = curl_probe_range(s, easy, p, errp);
+    } else if (ret == 0) {
+#ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
+        curl_off_t len = -1;
+
+        curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+#else
+        double len = -1;
+
+        curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
+#endif
+        s->remote_len = MAX(len, 0);
+        if (h->http && !h->accept_ranges && len != 0) {
+            ret = curl_probe_range(s, easy, p, errp);
+        } else if (len < 0) {
+            error_setg(errp, "the server did not report the file size");
+            ret = -EIO;
+        }
+    }
+    if (ret < 0) {
+        goto out;
+    }
+
+    /* A file that changes under us must not mix old and new blocks */
+    if (h->etag[0] && !g_str_has_prefix(h->etag, "W/")) {
+        s->validator = g_strdup(h->etag);
+    } else if (h->last_modified[0]) {
+        s->validator = g_strdup(h->last_modified);
+    }
+    if (s->validator && h->http) {
+        g_autofree char *if_range = g_strdup_printf("If-Range: %s",
+                                                    s->validator);
+
+        s->req_headers = curl_slist_append(NULL, if_range);
+    }
+out:
+    curl_easy_cleanup(easy);
+    return ret;
+}
+
+/* The libcurl state shared by all handles of the node */
+static void curl_init_share(BDRVCURLState *s)
+{
+    /*
+     * Transfers resume TLS sessions and reuse DNS answers.  The handles that
+     * use the share never run concurrently, so it needs no lock callbacks.
+     * Without it, things only get slower.
+     */
+    s->share = curl_share_init();
+    if (s->share) {
+        curl_share_setopt(s->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+        curl_share_setopt(s->share, CURLSHOPT_SHARE,
+                          CURL_LOCK_DATA_SSL_SESSION);
+    }
+}
+
+static void curl_free_state(BDRVCURLState *s)
+{
+    unsigned i;
+
+    for (i = 0; s->transfers && i < s->connections; i++) {
+        if (s->transfers[i].easy) {
+            curl_easy_cleanup(s->transfers[i].easy);
+        }
+    }
+    g_free(s->transfers);
+    curl_slist_free_all(s->req_headers);
+    if (s->share) {
+        curl_share_cleanup(s->share);
+    }
+    g_free(s->validator);
+    g_free(s->url);
+    g_free(s->cookie);
+    g_free(s->username);
+    g_free(s->password);
+    g_free(s->proxy_username);
+    g_free(s->proxy_password);
+}
+
+static int curl_open(BlockDriverState *bs, QDict *options, int flags,
+                     Error **errp)
+{
+    BDRVCURLState *s = bs->opaque;
+    unsigned i;
+    int ret;
+
+    bdrv_graph_rdlock_main_loop();
+    ret = bdrv_apply_auto_read_only(bs, "curl driver does not support writes",
+                                    errp);
+    bdrv_graph_rdunlock_main_loop();
+    if (ret < 0) {
+        return ret;
+    }
+    if (!libcurl_initialized) {
+        CURLcode code = curl_global_init(CURL_GLOBAL_ALL);
+
+        if (code != CURLE_OK) {
+            error_setg(errp, "libcurl initialization failed: %s",
+                       curl_easy_strerror(code));
+            return -EIO;
+        }
+        libcurl_initialized = true;
+    }
+
+    if (!curl_parse_options(bs, s, options, errp)) {
+        ret = -EINVAL;
+        goto fail;
+    }
+    curl_init_share(s);
+    ret = curl_probe(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (s->offset && s->offset >= s->remote_len) {
+        error_setg(errp, "offset %" PRIu64 " is at or past the end of the "
+                   "remote file, which has %" PRIu64 " bytes", s->offset,
+                   s->remote_len);
+        ret = -EINVAL;
+        goto fail;
+    }
+
+    s->transfers = g_new0(CURLTransfer, s->connections);
+    for (i = 0; i < s->connections; i++) {
+        if (!curl_transfer_init(s, &s->transfers[i], errp)) {
+            ret = -EIO;
+            goto fail;
+        }
+    }
+
+    qemu_mutex_init(&s->mutex);
+    QSIMPLEQ_INIT(&s->fetch_queue);
+    QSIMPLEQ_INIT(&s->prefetch_queue);
+    QLIST_INIT(&s->sockets);
+    range_cache_init(&s->cache, s->remote_len - s->offset, s->offset,
+                     s->blocksize, s->blockcount, &curl_cache_ops, s,
+                     &s->mutex);
+    range_cache_set_readahead(&s->cache,
+                              DIV_ROUND_UP(s->readahead, s->blocksize));
+    curl_attach_aio_context(bs, bdrv_get_aio_context(bs));
+
+    trace_curl_open(s, s->url, s->cache.length, s->offset, s->blocksize,
+                    s->blockcount, s->connections, s->readahead);
+    return 0;
+
+fail:
+    curl_free_state(s);
+    return ret;
+}
+
+static void curl_close(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+    RangeCacheStats *st = &s->cache.stats;
+    RangeCacheBlock *blk;
+
+    curl_detach_aio_context(bs);
+
+    /* Reads are drained: what is still queued is readahead */
+    WITH_QEMU_LOCK_GUARD(&s->mutex) {
+        while ((blk = curl_dequeue_locked(s))) {
+            range_cache_complete_locked(&s->cache, blk, -ECANCELED);
+        }
+    }
+    range_cache_destroy(&s->cache);
+    trace_curl_close(s, s->nb_transfers, s->bytes_fetched, st->bytes_served,
+                     s->nb_retries, st->failures);
+    trace_curl_close_cache(s, st->hits, st->misses, st->waits,
+                           st->prefetches, st->prefetch_unused);
+
+    qemu_mutex_destroy(&s->mutex);
+    curl_free_state(s);
+}
+
+static int coroutine_fn curl_co_preadv(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, QEMUIOVector *qiov,
+                                       BdrvRequestFlags flags)
+{
+    BDRVCURLState *s = bs->opaque;
+
+    trace_curl_co_preadv(s, offset, bytes);
+    return range_cache_co_read(&s->cache, offset, bytes, qiov, 0);
+}
+
+static int64_t coroutine_fn curl_co_getlength(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+
+    return s->cache.length;
+}
+
+static void curl_parse_filename(const char *filename, QDict *options,
+                                Error **errp)
+{
+    qdict_put_str(options, CURL_OPT_URL, filename);
+}
+
+static void curl_refresh_filename(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+
+    /*
+     * The URL alone names the image unless options change what it reads or
+     * how we may access it.  The cache options do neither.
+     */
+    if (!s->sslverify || s->offset || s->cookie || s->username ||
+        s->password || s->proxy_username || s->proxy_password) {
+        return;
+    }
+    pstrcpy(bs->exact_filename, sizeof(bs->exact_filename), s->url);
+}
+
+static const char *const curl_strong_runtime_opts[] = {
+    CURL_OPT_URL,
+    CURL_OPT_OFFSET,
+    CURL_OPT_SSLVERIFY,
+    CURL_OPT_COOKIE,
+    CURL_OPT_COOKIE_SECRET,
+    CURL_OPT_USERNAME,
+    CURL_OPT_PASSWORD_SECRET,
+    CURL_OPT_PROXY_USERNAME,
+    CURL_OPT_PROXY_PASSWORD_SECRET,
+
+    NULL
+};
+
+/* Everything but the names, which module_block.py reads from each struct */
+#define CURL_DRIVER_FIELDS                                          \
+    .instance_size              = sizeof(BDRVCURLState),            \
+    .bdrv_parse_filename        = curl_parse_filename,              \
+    .bdrv_open                  = curl_open,                        \
+    .bdrv_close                 = curl_close,                       \
+    .bdrv_co_getlength          = curl_co_getlength,                \
+    .bdrv_co_preadv             = curl_co_preadv,                   \
+    .bdrv_detach_aio_context    = curl_detach_aio_context,          \
+    .bdrv_attach_aio_context    = curl_attach_aio_context,          \
+    .bdrv_refresh_filename      = curl_refresh_filename,            \
+    .strong_runtime_opts        = curl_strong_runtime_opts
+
+static BlockDriver bdrv_http = {
+    .format_name                = "http",
+    .protocol_name              = "http",
+    CURL_DRIVER_FIELDS,
+};
+
+static BlockDriver bdrv_https = {
+    .format_name                = "https",
+    .protocol_name              = "https",
+    CURL_DRIVER_FIELDS,
+};
+
+static BlockDriver bdrv_ftp = {
+    .format_name                = "ftp",
+    .protocol_name              = "ftp",
+    CURL_DRIVER_FIELDS,
+};
+
+static BlockDriver bdrv_ftps = {
+    .format_name                = "ftps",
+    .protocol_name              = "ftps",
+    CURL_DRIVER_FIELDS,
+};
+
+static void curl_block_init(void)
+{
+    bdrv_register(&bdrv_http);
+    bdrv_register(&bdrv_https);
+    bdrv_register(&bdrv_ftp);
+    bdrv_register(&bdrv_ftps);
+}
+
+block_init(curl_block_init);
