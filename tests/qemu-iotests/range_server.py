@@ -648,6 +648,9 @@ class RangeHTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     # Do not wait for idle keep-alive connections when closing
     block_on_close = False
+    # Clients open many connections at once; with the default backlog of
+    # 5 the kernel drops SYNs, and each costs a 1 s retransmission.
+    request_queue_size = 128
 
     def __init__(self, address: Tuple[str, int], root: str,
                  ssl_context: Optional[ssl.SSLContext] = None,
