@@ -61,7 +61,7 @@
  * already read, within 64 MiB for the node.
  */
 #define CURL_DEFAULT_BLOCKSIZE      (2 * MiB)
-#define CURL_DEFAULT_BLOCKCOUNT     28
+#define CURL_DEFAULT_CACHE          (56 * MiB)  /* blockcount * blocksize */
 #define CURL_DEFAULT_CONNECTIONS    16
 #define CURL_DEFAULT_READAHEAD      (32 * MiB)
 #define CURL_DEFAULT_TIMEOUT        5
@@ -887,7 +887,7 @@ static QemuOptsList runtime_opts = {
             .name = CURL_OPT_BLOCKCOUNT,
             .type = QEMU_OPT_NUMBER,
             .help = "Number of blocks cached, at most 1G of them "
-                    "(default: 28)",
+                    "(default: as many as fit in 56M, at least 2)",
         },
         {
             .name = CURL_OPT_CONNECTIONS,
@@ -971,15 +971,17 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
         s->blocksize < RANGE_CACHE_MIN_BLOCK_SIZE ||
         s->blocksize > RANGE_CACHE_MAX_BLOCK_SIZE) {
         error_setg(errp, "blocksize must be a power of two between 4 KiB "
-                   "and 64 MiB, not %" PRIu64, s->blocksize);
+                   "and 64 MiB, not %s",
+                   qemu_opt_get(opts, CURL_OPT_BLOCKSIZE));
         return false;
     }
 
+    /* By default, the cache has the same size whatever the block size */
     blockcount = qemu_opt_get_number(opts, CURL_OPT_BLOCKCOUNT,
-                                     CURL_DEFAULT_BLOCKCOUNT);
+                                     MAX(2, CURL_DEFAULT_CACHE / s->blocksize));
     if (blockcount < 1 || blockcount > CURL_MAX_CACHE / s->blocksize) {
         error_setg(errp, "blockcount must be between 1 and %" PRIu64
-                   " with a blocksize of %" PRIu64 " (the cache may use at "
+                   " with a blocksize of %" PRIu64 " (the cache may take at "
                    "most 1 GiB), not %s", CURL_MAX_CACHE / s->blocksize,
                    s->blocksize, qemu_opt_get(opts, CURL_OPT_BLOCKCOUNT));
         return false;
@@ -998,16 +1000,13 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
 
     /* Readahead must leave room for a block that a read needs */
     room = (s->blockcount - 1) * s->blocksize;
-    if (!qemu_opt_get(opts, CURL_OPT_READAHEAD)) {
-        s->readahead = MIN(CURL_DEFAULT_READAHEAD, room);
-    } else {
-        s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD, 0);
-        if (s->readahead > room) {
-            error_setg(errp, "readahead must be at most (blockcount - 1) * "
-                       "blocksize = %" PRIu64 " bytes, not %" PRIu64, room,
-                       s->readahead);
-            return false;
-        }
+    s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD,
+                                     MIN(CURL_DEFAULT_READAHEAD, room));
+    if (s->readahead > room) {
+        error_setg(errp, "readahead must be at most (blockcount - 1) * "
+                   "blocksize = %" PRIu64 " bytes, not %s", room,
+                   qemu_opt_get(opts, CURL_OPT_READAHEAD));
+        return false;
     }
 
     s->offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
@@ -1055,14 +1054,21 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
                    "secret");
         goto out;
     }
-    s->cookie = g_strdup(cookie);
+    if (cookie) {
+        s->cookie = g_strdup(cookie);
+    } else if (!curl_get_secret(opts, CURL_OPT_COOKIE_SECRET, &s->cookie,
+                                errp)) {
+        goto out;
+    }
     s->username = g_strdup(qemu_opt_get(opts, CURL_OPT_USERNAME));
     s->proxy_username = g_strdup(qemu_opt_get(opts, CURL_OPT_PROXY_USERNAME));
-    ok = (cookie || curl_get_secret(opts, CURL_OPT_COOKIE_SECRET, &s->cookie,
-                                    errp)) &&
-         curl_get_secret(opts, CURL_OPT_PASSWORD_SECRET, &s->password, errp) &&
-         curl_get_secret(opts, CURL_OPT_PROXY_PASSWORD_SECRET,
-                         &s->proxy_password, errp);
+    if (!curl_get_secret(opts, CURL_OPT_PASSWORD_SECRET, &s->password,
+                         errp) ||
+        !curl_get_secret(opts, CURL_OPT_PROXY_PASSWORD_SECRET,
+                         &s->proxy_password, errp)) {
+        goto out;
+    }
+    ok = true;
 out:
     qemu_opts_del(opts);
     return ok;
@@ -1181,7 +1187,8 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
 #endif
         s->remote_len = MAX(len, 0);
-        if (h->http && !h->accept_ranges && len != 0) {
+        if (h->http && (!h->accept_ranges || len < 0) && len != 0) {
+            /* Ranges not advertised, or no length: a range GET tells */
             ret = curl_probe_range(s, easy, p, errp);
         } else if (len < 0) {
             error_setg(errp, "the server did not report the file size");
