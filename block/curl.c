@@ -143,6 +143,7 @@ struct BDRVCURLState {
 
     /* What the server told us at open, constant once open */
     uint64_t remote_len;        /* length of the whole remote file */
+    char *redirect_url;         /* where url redirected; protected by mutex */
     char *validator;            /* sent as If-Range; NULL if none */
     struct curl_slist *req_headers;
     CURLSH *share;              /* DNS and TLS sessions of all handles */
@@ -593,7 +594,11 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     t->headers = (CURLHeaders) { 0 };
     t->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
 
-    code = curl_easy_setopt(t->easy, CURLOPT_RANGE, t->range);
+    code = curl_easy_setopt(t->easy, CURLOPT_URL,
+                            s->redirect_url ?: s->url);
+    if (code == CURLE_OK) {
+        code = curl_easy_setopt(t->easy, CURLOPT_RANGE, t->range);
+    }
     if (code != CURLE_OK) {
         snprintf(t->why, sizeof(t->why), "%s", curl_easy_strerror(code));
         return -EIO;
@@ -660,8 +665,21 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
                               t->start_ns) / SCALE_US,
                              new_conns, ret, t->why);
 
-    if (ret < 0 && t->attempt < CURL_MAX_RETRIES &&
-        curl_transfer_retryable(result, status, ret)) {
+    if (ret < 0 && s->redirect_url && result == CURLE_HTTP_RETURNED_ERROR &&
+        status >= 400 && status < 500) {
+        /*
+         * Where the URL redirected at open may have expired (a presigned
+         * object store URL, say): from now on, follow the redirect again.
+         */
+        trace_curl_redirect_dropped(s, s->redirect_url, status);
+        g_free(s->redirect_url);
+        s->redirect_url = NULL;
+        ret = curl_transfer_submit_locked(t);
+        if (ret == 0) {
+            return;
+        }
+    } else if (ret < 0 && t->attempt < CURL_MAX_RETRIES &&
+               curl_transfer_retryable(result, status, ret)) {
         t->attempt++;
         s->nb_retries++;
         trace_curl_transfer_retry(s, blk->index, t->attempt, ret);
@@ -1074,6 +1092,43 @@ out:
     return ok;
 }
 
+/* Whether @a and @b have the same scheme, host and port */
+static bool curl_same_origin(const char *a, const char *b)
+{
+    g_autoptr(GUri) ua = g_uri_parse(a, G_URI_FLAGS_NONE, NULL);
+    g_autoptr(GUri) ub = g_uri_parse(b, G_URI_FLAGS_NONE, NULL);
+
+    return ua && ub &&
+           !g_ascii_strcasecmp(g_uri_get_scheme(ua), g_uri_get_scheme(ub)) &&
+           !g_ascii_strcasecmp(g_uri_get_host(ua) ?: "",
+                               g_uri_get_host(ub) ?: "") &&
+           g_uri_get_port(ua) == g_uri_get_port(ub);
+}
+
+/*
+ * A URL that redirects would cost every transfer a second round trip:
+ * ask where it led once, at open.  Credentials and cookies only go where
+ * libcurl would have sent them, to the same origin.
+ */
+static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
+{
+    long redirects = 0;
+    char *where = NULL;
+    bool use;
+
+    curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
+    curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &where);
+    if (redirects == 0 || !where) {
+        return;
+    }
+    use = !(s->username || s->password || s->cookie) ||
+          curl_same_origin(s->url, where);
+    trace_curl_redirect(s, where, redirects, use);
+    if (use) {
+        s->redirect_url = g_strdup(where);
+    }
+}
+
 /* What a look at the remote file found */
 typedef struct CURLProbe {
     CURLHeaders headers;
@@ -1199,6 +1254,8 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         goto out;
     }
 
+    curl_resolve_redirect(s, easy);
+
     /* A file that changes under us must not mix old and new blocks */
     if (h->etag[0] && !g_str_has_prefix(h->etag, "W/")) {
         s->validator = g_strdup(h->etag);
@@ -1247,6 +1304,7 @@ static void curl_free_state(BDRVCURLState *s)
         curl_share_cleanup(s->share);
     }
     g_free(s->validator);
+    g_free(s->redirect_url);
     g_free(s->url);
     g_free(s->cookie);
     g_free(s->username);
