@@ -174,8 +174,6 @@ struct BDRVCURLState {
     QLIST_HEAD(, CURLSocket) sockets;
 };
 
-static bool libcurl_initialized;
-
 static void curl_check_setopt(CURLcode ret, const char *name, Error **errp)
 {
     if (ret != CURLE_OK && !*errp) {
@@ -634,6 +632,25 @@ static bool curl_transfer_retryable(CURLcode code, long status, int ret)
     return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
 }
 
+/* 0 if all of the block arrived, else -errno and why in t->why */
+static int curl_transfer_result(CURLTransfer *t, CURLcode result,
+                                long status)
+{
+    if (t->ret < 0) {
+        return t->ret;                  /* our checks stopped it */
+    }
+    if (result != CURLE_OK) {
+        curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
+        return curl_errno(result, status);
+    }
+    if (t->received != t->blk->len) {
+        snprintf(t->why, sizeof(t->why), "the transfer ended after %" PRIu64
+                 " of %" PRIu64 " bytes", t->received, t->blk->len);
+        return -ECONNRESET;
+    }
+    return 0;
+}
+
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
 {
     BDRVCURLState *s = t->s;
@@ -644,19 +661,7 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_conns);
     curl_multi_remove_handle(s->multi, t->easy);
-
-    if (t->ret < 0) {
-        ret = t->ret;                   /* our checks stopped it */
-    } else if (result != CURLE_OK) {
-        ret = curl_errno(result, status);
-        curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
-    } else if (t->received != blk->len) {
-        ret = -ECONNRESET;
-        snprintf(t->why, sizeof(t->why), "the transfer ended after %" PRIu64
-                 " of %" PRIu64 " bytes", t->received, blk->len);
-    } else {
-        ret = 0;
-    }
+    ret = curl_transfer_result(t, result, status);
 
     s->nb_transfers++;
     s->bytes_fetched += t->received;
@@ -1129,6 +1134,29 @@ static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
     }
 }
 
+/*
+ * A file that changes under us must not mix old and new blocks: transfers
+ * send If-Range with its strong ETag or its date, so that a changed file
+ * answers with all of it, which curl_transfer_check_answer() refuses.
+ */
+static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
+{
+    g_autofree char *if_range = NULL;
+
+    if (!h->http) {
+        return;
+    }
+    if (h->etag[0] && !g_str_has_prefix(h->etag, "W/")) {
+        s->validator = g_strdup(h->etag);
+    } else if (h->last_modified[0]) {
+        s->validator = g_strdup(h->last_modified);
+    } else {
+        return;
+    }
+    if_range = g_strdup_printf("If-Range: %s", s->validator);
+    s->req_headers = curl_slist_append(NULL, if_range);
+}
+
 /* What a look at the remote file found */
 typedef struct CURLProbe {
     CURLHeaders headers;
@@ -1255,19 +1283,7 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
     }
 
     curl_resolve_redirect(s, easy);
-
-    /* A file that changes under us must not mix old and new blocks */
-    if (h->etag[0] && !g_str_has_prefix(h->etag, "W/")) {
-        s->validator = g_strdup(h->etag);
-    } else if (h->last_modified[0]) {
-        s->validator = g_strdup(h->last_modified);
-    }
-    if (s->validator && h->http) {
-        g_autofree char *if_range = g_strdup_printf("If-Range: %s",
-                                                    s->validator);
-
-        s->req_headers = curl_slist_append(NULL, if_range);
-    }
+    curl_set_validator(s, h);
 out:
     curl_easy_cleanup(easy);
     return ret;
@@ -1313,6 +1329,36 @@ static void curl_free_state(BDRVCURLState *s)
     g_free(s->proxy_password);
 }
 
+static bool curl_global_init_once(Error **errp)
+{
+    static bool initialized;
+    CURLcode code;
+
+    if (!initialized) {
+        code = curl_global_init(CURL_GLOBAL_ALL);
+        if (code != CURLE_OK) {
+            error_setg(errp, "libcurl initialization failed: %s",
+                       curl_easy_strerror(code));
+            return false;
+        }
+        initialized = true;
+    }
+    return true;
+}
+
+static void curl_init_cache(BDRVCURLState *s)
+{
+    qemu_mutex_init(&s->mutex);
+    QSIMPLEQ_INIT(&s->fetch_queue);
+    QSIMPLEQ_INIT(&s->prefetch_queue);
+    QLIST_INIT(&s->sockets);
+    range_cache_init(&s->cache, s->remote_len - s->offset, s->offset,
+                     s->blocksize, s->blockcount, &curl_cache_ops, s,
+                     &s->mutex);
+    range_cache_set_readahead(&s->cache,
+                              DIV_ROUND_UP(s->readahead, s->blocksize));
+}
+
 static int curl_open(BlockDriverState *bs, QDict *options, int flags,
                      Error **errp)
 {
@@ -1327,15 +1373,8 @@ static int curl_open(BlockDriverState *bs, QDict *options, int flags,
     if (ret < 0) {
         return ret;
     }
-    if (!libcurl_initialized) {
-        CURLcode code = curl_global_init(CURL_GLOBAL_ALL);
-
-        if (code != CURLE_OK) {
-            error_setg(errp, "libcurl initialization failed: %s",
-                       curl_easy_strerror(code));
-            return -EIO;
-        }
-        libcurl_initialized = true;
+    if (!curl_global_init_once(errp)) {
+        return -EIO;
     }
 
     if (!curl_parse_options(bs, s, options, errp)) {
@@ -1362,16 +1401,7 @@ static int curl_open(BlockDriverState *bs, QDict *options, int flags,
             goto fail;
         }
     }
-
-    qemu_mutex_init(&s->mutex);
-    QSIMPLEQ_INIT(&s->fetch_queue);
-    QSIMPLEQ_INIT(&s->prefetch_queue);
-    QLIST_INIT(&s->sockets);
-    range_cache_init(&s->cache, s->remote_len - s->offset, s->offset,
-                     s->blocksize, s->blockcount, &curl_cache_ops, s,
-                     &s->mutex);
-    range_cache_set_readahead(&s->cache,
-                              DIV_ROUND_UP(s->readahead, s->blocksize));
+    curl_init_cache(s);
     curl_attach_aio_context(bs, bdrv_get_aio_context(bs));
 
     trace_curl_open(s, s->url, s->cache.length, s->offset, s->blocksize,
@@ -1382,6 +1412,7 @@ fail:
     curl_free_state(s);
     return ret;
 }
+
 
 static void curl_close(BlockDriverState *bs)
 {
