@@ -1160,6 +1160,7 @@ static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
 /* What a look at the remote file found */
 typedef struct CURLProbe {
     CURLHeaders headers;
+    bool range_get;             /* asking for the first byte */
     uint64_t body;              /* body bytes the server sent */
     char errbuf[CURL_ERROR_SIZE];
 } CURLProbe;
@@ -1169,9 +1170,13 @@ static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
 {
     CURLProbe *p = opaque;
 
-    /* We ask for one byte: a server sending more ignores ranges, stop it */
+    /*
+     * For FTP, libcurl passes what SIZE and MDTM said as text, through this
+     * callback too: ignore it.  A range request asks for one byte: a
+     * server sending more ignores ranges, so stop it.
+     */
     p->body += size * nmemb;
-    return p->body > 1 ? 0 : size * nmemb;
+    return p->range_get && p->body > 1 ? 0 : size * nmemb;
 }
 
 /* Run the request set up on @easy; on failure say why in @errp */
@@ -1185,7 +1190,7 @@ static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
     code = curl_easy_perform(easy);
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, status);
     trace_curl_probe(s, what, code, *status, p->headers.accept_ranges);
-    if (code != CURLE_OK && code != CURLE_WRITE_ERROR) {
+    if (code != CURLE_OK && !(p->range_get && code == CURLE_WRITE_ERROR)) {
         char why[CURL_ERROR_SIZE + 64];
 
         curl_describe(code, *status, p->errbuf, why, sizeof(why));
@@ -1213,6 +1218,7 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
     if (*errp) {
         return -EIO;
     }
+    p->range_get = true;
     ret = curl_probe_perform(s, easy, p, "GET bytes 0-0", &status,
                              errp);
     if (ret < 0) {
