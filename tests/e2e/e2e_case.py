@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Base class of the e2e test cases of QEMU's curl block driver.
+#
+# It gives each test class the binaries under test and the test CA, a
+# private temporary directory per class and per test, helpers to run
+# qemu-img and qemu-io with timeouts, and assertions that compare data
+# byte for byte and put the commands' output into failure messages.
+"""The e2e TestCase base class and its assertions."""
+
+from __future__ import annotations
+
+import os
+import unittest
+from pathlib import Path
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+import fixtures
+from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult,
+                      MissingPrerequisite, TestImage)
+
+#: Timeout for commands that are expected to fail quickly
+ERROR_TIMEOUT = 90.0
+
+ServerT = TypeVar('ServerT')
+
+
+class E2ETestCase(unittest.TestCase):
+    """Base class: binaries, temporary directories and assertions.
+
+    Class attributes set by setUpClass: ``bins`` (the Binaries),
+    ``ca_dir`` (the test CA directory) and ``class_tmp`` (a temporary
+    directory for the class).  Each test also gets ``self.tmp``.
+    """
+
+    bins: ClassVar[Binaries]
+    ca_dir: ClassVar[Path]
+    class_tmp: ClassVar[Path]
+    tmp: Path
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        try:
+            cls.bins = fixtures.binaries()
+            cls.ca_dir = fixtures.get_ca_dir()
+        except MissingPrerequisite as err:
+            raise unittest.SkipTest(str(err)) from err
+        cls.class_tmp = fixtures.make_tempdir(cls.__name__)
+        cls.addClassCleanup(fixtures.remove_tree, cls.class_tmp)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.tmp = fixtures.make_tempdir(self.id().rsplit('.', 1)[-1][:40])
+        self.addCleanup(fixtures.remove_tree, self.tmp)
+
+    @classmethod
+    def start_server(cls, server: ServerT) -> ServerT:
+        """Start @server (anything with start/stop) for the whole class."""
+        server.start()  # type: ignore[attr-defined]
+        cls.addClassCleanup(server.stop)  # type: ignore[attr-defined]
+        return server
+
+    # -- commands
+
+    def qemu_img(self, *args: Union[str, Path],
+                 timeout: float = COMMAND_TIMEOUT) -> CmdResult:
+        """Run the qemu-img under test."""
+        return fixtures.run([self.bins.qemu_img, *args], timeout=timeout)
+
+    def qemu_io(self, *args: Union[str, Path],
+                timeout: float = COMMAND_TIMEOUT) -> CmdResult:
+        """Run the qemu-io under test."""
+        return fixtures.run([self.bins.qemu_io, *args], timeout=timeout)
+
+    # -- assertions
+
+    def assertSucceeded(self, result: CmdResult, msg: str = '') -> None:
+        """Assert that a command exited with 0."""
+        if result.returncode != 0:
+            self.fail(f'{msg + ": " if msg else ""}command failed\n'
+                      f'{result.describe()}')
+
+    def assertFailedCleanly(self, result: CmdResult, msg: str = '') -> None:
+        """Assert that a command failed with an error exit, not a crash.
+
+        (A command that hangs is killed by run(), which fails the test.)
+        """
+        if result.returncode == 0:
+            self.fail(f'{msg + ": " if msg else ""}command unexpectedly '
+                      f'succeeded\n{result.describe()}')
+        if result.returncode < 0 or result.returncode >= 128:
+            self.fail(f'{msg + ": " if msg else ""}command crashed or was '
+                      f'killed\n{result.describe()}')
+
+    def assertOutputMentions(self, result: CmdResult, *needles: str,
+                             msg: str = '') -> None:
+        """Assert that stderr or stdout mentions one of @needles.
+
+        Comparison is case-insensitive.
+        """
+        text = result.output.lower()
+        if not any(needle.lower() in text for needle in needles):
+            self.fail(f'{msg + ": " if msg else ""}output mentions none of '
+                      f'{needles!r}\n{result.describe()}')
+
+    def assertFileHasImageData(self, path: Union[str, Path],
+                               image: TestImage) -> None:
+        """Assert that a raw file holds exactly @image's guest data."""
+        size = os.path.getsize(path)
+        self.assertEqual(size, image.size,
+                         f'{path}: size {size}, expected {image.size}')
+        digest = fixtures.sha256_file(path)
+        self.assertEqual(digest, image.sha256,
+                         f'{path}: sha256 differs from {image.path}')
+
+    def assertSameGuestData(self, target: str, target_fmt: str,
+                            image: TestImage,
+                            timeout: float = COMMAND_TIMEOUT) -> None:
+        """Assert with ``qemu-img compare`` that @target equals @image.
+
+        @target is a file name or a URI (nbd+unix://...) that qemu-img
+        opens with format @target_fmt.
+        """
+        result = self.qemu_img('compare', '-f', target_fmt, '-F', image.fmt,
+                               target, image.path, timeout=timeout)
+        if result.returncode != 0 or 'Images are identical' not in \
+                result.stdout:
+            self.fail(f'{target} differs from {image.path}\n'
+                      f'{result.describe()}')
+
+    def assertConvertOutput(self, out: Union[str, Path], out_fmt: str,
+                            reference: TestImage) -> None:
+        """Assert that a qemu-img convert output file holds @reference.
+
+        Always qemu-img compare; for raw output also size and sha256,
+        for qcow2 output also qemu-img check.
+        """
+        self.assertSameGuestData(str(out), out_fmt, reference)
+        if out_fmt == 'raw':
+            self.assertFileHasImageData(out, reference)
+        else:
+            self.assertImageCheckClean(out, out_fmt)
+
+    def assertImageCheckClean(self, path: Union[str, Path],
+                              fmt: str = 'qcow2') -> None:
+        """Assert that ``qemu-img check`` finds no error in a local image."""
+        result = self.qemu_img('check', '-f', fmt, path)
+        self.assertSucceeded(result, f'qemu-img check {path}')
+
+    def assertNoPatternFailure(self, output: str, context: Any = '') -> None:
+        """Assert that qemu-io output reports no failed pattern check."""
+        for bad in ('Pattern verification failed', 'read failed',
+                    'Input/output error'):
+            if bad in output:
+                self.fail(f'qemu-io reported {bad!r} {context}\n{output}')
+
+
+def first_line_with(text: str, needle: str) -> Optional[str]:
+    """Return the first line of @text that contains @needle, if any."""
+    for line in text.splitlines():
+        if needle in line:
+            return line.strip()
+    return None

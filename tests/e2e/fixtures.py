@@ -1,0 +1,1330 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Reusable fixtures for end-to-end tests of QEMU's curl block driver.
+#
+# This is a library: the e2e unittest suite (tests/e2e/test_*.py), the
+# demo script and the benchmark import it.  It knows where the built
+# binaries are, runs the servers the driver talks to (Debian's nginx
+# over HTTP and HTTPS, pyftpdlib over FTP and implicit FTPS, and the
+# fault-injecting range server of tests/qemu-iotests/range_server.py),
+# makes deterministic test images, runs commands with timeouts, and
+# drives qemu-system-x86_64 and qemu-storage-daemon over QMP.
+#
+# Everything listens on 127.0.0.1 only, on free ports, and keeps its
+# files in private temporary directories that are removed afterwards.
+"""Fixtures for end-to-end tests of QEMU's curl block driver.
+
+Main entry points:
+
+* :class:`Binaries` -- the QEMU binaries under test (patched or stock).
+* :func:`run` -- run a command with a timeout, capturing its output.
+* :class:`Nginx`, :class:`FtpServer`, :class:`RangeServer` -- servers.
+* :func:`make_test_image`, :func:`make_qcow2`, :func:`shared_images`
+  -- deterministic test images and their checksums.
+* :class:`QemuSystem`, :class:`StorageDaemon` -- QEMU processes driven
+  over QMP.
+
+Environment variables:
+
+* ``QCURL_BUILD``: the build directory (default: ``<repo>/build``).
+* ``QCURL_STOCK=1``: use the stock qemu-img and qemu-io.
+* ``QCURL_CA_DIR``: the test CA directory made by scripts/with-test-ca.sh.
+* ``QCURL_E2E_TMP``: where temporary directories go (default:
+  ``<build>/e2e-tmp``, else ``$TMPDIR``).
+* ``QCURL_E2E_KEEP=1``: keep temporary directories, for debugging.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import (Any, Callable, Dict, List, Mapping, Optional,
+                    Sequence, Tuple, TypeVar, Union)
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+E2E_DIR = Path(__file__).resolve().parent
+IOTESTS_DIR = REPO_DIR / 'tests' / 'qemu-iotests'
+HOST = '127.0.0.1'
+
+KiB = 1024
+MiB = 1024 * KiB
+
+#: Default timeout for one command (qemu-img convert of a test image...)
+COMMAND_TIMEOUT = 180.0
+#: Default timeout for a server or a QEMU process to come up
+START_TIMEOUT = 30.0
+#: Default timeout for one QMP command
+QMP_TIMEOUT = 60.0
+
+if str(IOTESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(IOTESTS_DIR))
+
+# Re-exported: the fault-injecting HTTP range server (another helper's
+# work; see tests/qemu-iotests/range_server.py for the fault rules)
+from range_server import RangeServer  # noqa: E402  pylint: disable=C0413
+
+__all__ = [
+    'COMMAND_TIMEOUT', 'HOST', 'KiB', 'MiB', 'QMP_TIMEOUT', 'START_TIMEOUT',
+    'ImageSet', 'QemuProcessError', 'port_open', 'Binaries', 'CmdResult', 'CommandFailed', 'CommandTimeout', 'FtpServer',
+    'MissingPrerequisite', 'Nginx', 'QemuProcess', 'QemuSystem',
+    'PatternRegion', 'RangeServer', 'StorageDaemon', 'TestImage', 'binaries',
+    'build_dir', 'free_port', 'get_ca_dir', 'make_pattern_image',
+    'make_qcow2', 'make_tempdir', 'make_test_image', 'nbd_unix_uri',
+    'parse_hexdump', 'read_bytes', 'remove_tree', 'run', 'sha256_file',
+    'shared_images', 'standard_pattern_regions', 'wait_for',
+]
+
+
+class MissingPrerequisite(RuntimeError):
+    """Something the tests need is not installed or not built."""
+
+
+class CommandFailed(AssertionError):
+    """A command failed or timed out; the message has its output."""
+
+
+class CommandTimeout(CommandFailed):
+    """A command did not finish in time and was killed."""
+
+
+# ---------------------------------------------------------------------------
+# Paths, temporary directories, polling
+# ---------------------------------------------------------------------------
+
+def build_dir() -> Path:
+    """Return the build directory: $QCURL_BUILD or <repo>/build."""
+    env = os.environ.get('QCURL_BUILD')
+    return Path(env).resolve() if env else REPO_DIR / 'build'
+
+
+def get_ca_dir() -> Path:
+    """Return the test CA directory exported by scripts/with-test-ca.sh.
+
+    Raise MissingPrerequisite if the tests do not run under it.
+    """
+    env = os.environ.get('QCURL_CA_DIR')
+    if not env or not (Path(env) / 'ca.pem').is_file():
+        raise MissingPrerequisite(
+            'QCURL_CA_DIR is not set: run the tests through tests/e2e/run, '
+            'or under scripts/with-test-ca.sh DIR COMMAND')
+    return Path(env)
+
+
+_TMP_ROOT: Optional[Path] = None
+
+
+def tmp_root() -> Path:
+    """Return the directory under which temporary directories are made.
+
+    That is $QCURL_E2E_TMP, else <build>/e2e-tmp if it can be created,
+    else the system's temporary directory ($TMPDIR).
+    """
+    global _TMP_ROOT  # pylint: disable=global-statement
+    if _TMP_ROOT is None:
+        candidates = [os.environ.get('QCURL_E2E_TMP'),
+                      str(build_dir() / 'e2e-tmp'), tempfile.gettempdir()]
+        for candidate in candidates:
+            if not candidate:
+                continue
+            try:
+                os.makedirs(candidate, exist_ok=True)
+            except OSError:
+                continue
+            if os.access(candidate, os.W_OK | os.X_OK):
+                _TMP_ROOT = Path(candidate).resolve()
+                break
+        else:
+            raise MissingPrerequisite('no writable temporary directory')
+    return _TMP_ROOT
+
+
+def keep_tmp() -> bool:
+    """Tell whether temporary directories are kept (QCURL_E2E_KEEP=1)."""
+    return os.environ.get('QCURL_E2E_KEEP', '') not in ('', '0')
+
+
+def make_tempdir(prefix: str) -> Path:
+    """Create a private temporary directory under :func:`tmp_root`.
+
+    The caller removes it (see :func:`remove_tree`); directories still
+    there when the process exits are removed then.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f'{prefix}-', dir=tmp_root()))
+    _CLEANUP_DIRS.append(path)
+    return path
+
+
+def remove_tree(path: Optional[Path]) -> None:
+    """Remove a temporary directory, unless QCURL_E2E_KEEP=1."""
+    if path is None:
+        return
+    if keep_tmp():
+        print(f'e2e: keeping {path}', file=sys.stderr)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_CLEANUP_DIRS: List[Path] = []
+
+
+@atexit.register
+def _cleanup_at_exit() -> None:
+    for path in _CLEANUP_DIRS:
+        if path.exists():
+            remove_tree(path)
+
+
+def short_socket_dir(base: Path) -> Path:
+    """Return a directory for UNIX sockets whose paths stay short.
+
+    UNIX socket paths are limited to 107 bytes; if @base is too deep, a
+    private directory in the system's temporary directory is used.
+    """
+    if len(str(base)) <= 64:
+        return base
+    path = Path(tempfile.mkdtemp(prefix='qc-'))
+    _CLEANUP_DIRS.append(path)
+    return path
+
+
+T = TypeVar('T')
+
+
+def wait_for(predicate: Callable[[], Optional[T]], timeout: float,
+             what: str, interval: float = 0.02,
+             abort: Optional[Callable[[], Optional[str]]] = None) -> T:
+    """Poll @predicate until it returns a true value, and return that.
+
+    Raise TimeoutError mentioning @what after @timeout seconds.  If
+    @abort is given, it is called on each round and may return a reason
+    to give up at once (e.g. 'the server exited'), raised as
+    RuntimeError.
+    """
+    deadline = time.monotonic() + timeout
+    delay = min(interval, 0.005)
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if abort is not None:
+            reason = abort()
+            if reason:
+                raise RuntimeError(f'while waiting for {what}: {reason}')
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'timed out after {timeout:.0f} s waiting '
+                               f'for {what}')
+        time.sleep(delay)
+        delay = min(delay * 2, interval)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now.
+
+    Another process may take it before the caller binds it: servers
+    that use this retry with another port if the bind fails.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    """Tell whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    """Return the end of a text file, or '' if it cannot be read."""
+    try:
+        text = path.read_text(encoding='utf-8', errors='replace')
+    except OSError:
+        return ''
+    return text[-limit:]
+
+
+def _stop_process(proc: 'subprocess.Popen[Any]', sig: int = signal.SIGTERM,
+                  timeout: float = 10.0) -> Optional[int]:
+    """Send @sig to @proc, wait up to @timeout, then kill it.
+
+    Return its exit code.
+    """
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------------
+# Binaries and commands
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    """Paths of the QEMU binaries under test.
+
+    qemu_img and qemu_io come from <build>/stock when @stock is true
+    (QCURL_STOCK=1), else from <build>; the others (qemu-nbd,
+    qemu-storage-daemon, qemu-system-x86_64) exist only in the patched
+    build and always come from there.
+    """
+
+    build: Path
+    stock: bool
+    qemu_img: Path
+    qemu_io: Path
+    qemu_nbd: Path
+    qemu_storage_daemon: Path
+    qemu_system: Path
+    python_dir: Path
+
+    @classmethod
+    def from_env(cls, build: Optional[Path] = None,
+                 stock: Optional[bool] = None) -> 'Binaries':
+        """Locate the binaries; see the class docstring."""
+        build = build_dir() if build is None else Path(build)
+        if stock is None:
+            stock = os.environ.get('QCURL_STOCK', '') not in ('', '0')
+        tools = build / 'stock' if stock else build
+        return cls(build=build, stock=stock,
+                   qemu_img=tools / 'qemu-img', qemu_io=tools / 'qemu-io',
+                   qemu_nbd=build / 'qemu-nbd',
+                   qemu_storage_daemon=build / 'qemu-storage-daemon',
+                   qemu_system=build / 'qemu-system-x86_64',
+                   python_dir=build / 'src' / 'python')
+
+    def missing(self) -> List[str]:
+        """Return the paths of missing binaries, with what is expected."""
+        result = []
+        for field in ('qemu_img', 'qemu_io', 'qemu_nbd',
+                      'qemu_storage_daemon', 'qemu_system'):
+            path: Path = getattr(self, field)
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                result.append(str(path))
+        if not (self.python_dir / 'qemu' / 'qmp' / 'legacy.py').is_file():
+            result.append(str(self.python_dir / 'qemu' / 'qmp'))
+        return result
+
+    def require(self) -> 'Binaries':
+        """Return self, or raise MissingPrerequisite naming what is missing."""
+        missing = self.missing()
+        if missing:
+            raise MissingPrerequisite(
+                'missing build products: ' + ', '.join(missing) +
+                ' -- build them with: make (see scripts/build.sh), or set '
+                'QCURL_BUILD to a build directory')
+        return self
+
+    @property
+    def flavour(self) -> str:
+        """'stock' or 'patched': which qemu-img/qemu-io are in use."""
+        return 'stock' if self.stock else 'patched'
+
+
+_BINARIES: Optional[Binaries] = None
+
+
+def binaries() -> Binaries:
+    """Return the process-wide :class:`Binaries`, checked once."""
+    global _BINARIES  # pylint: disable=global-statement
+    if _BINARIES is None:
+        _BINARIES = Binaries.from_env().require()
+    return _BINARIES
+
+
+@dataclasses.dataclass
+class CmdResult:
+    """The outcome of :func:`run`."""
+
+    args: List[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    def describe(self) -> str:
+        """Describe the command and its output, for failure messages."""
+        return (f'command: {" ".join(self.args)}\n'
+                f'exit code: {self.returncode} ({self.duration:.1f} s)\n'
+                f'--- stdout ---\n{self.stdout[-6000:]}'
+                f'--- stderr ---\n{self.stderr[-6000:]}')
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr together."""
+        return self.stdout + self.stderr
+
+
+def run(args: Sequence[Union[str, Path]], timeout: float = COMMAND_TIMEOUT,
+        check: bool = False, env: Optional[Mapping[str, str]] = None,
+        input_text: Optional[str] = None) -> CmdResult:
+    """Run a command, capture its output, and kill it after @timeout s.
+
+    Raise CommandTimeout (an AssertionError, so a test fails rather than
+    errors) with the output so far if it does not end in time, and
+    CommandFailed if @check is true and it exits non-zero.
+    """
+    argv = [str(a) for a in args]
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    start = time.monotonic()
+    # A new session, so that a timeout kills the command's children too
+    with subprocess.Popen(argv, stdin=subprocess.PIPE if input_text else
+                          subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=full_env,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(input_text.encode()
+                                        if input_text else None,
+                                        timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = proc.communicate()
+            result = CmdResult(argv, -9, out.decode(errors='replace'),
+                               err.decode(errors='replace'),
+                               time.monotonic() - start)
+            raise CommandTimeout(f'timed out after {timeout:.0f} s and '
+                                 f'killed\n{result.describe()}') from None
+    result = CmdResult(argv, proc.returncode, out.decode(errors='replace'),
+                       err.decode(errors='replace'), time.monotonic() - start)
+    if check and result.returncode != 0:
+        raise CommandFailed(f'command failed\n{result.describe()}')
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Test images
+# ---------------------------------------------------------------------------
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """Return the hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as file:
+        while True:
+            chunk = file.read(4 * MiB)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class TestImage:
+    """A local image file: its path, format, virtual size and checksum.
+
+    @sha256 is the checksum of the guest-visible data (for a raw image,
+    of the file itself); @extents lists the (offset, length, kind) of
+    the data regions of the raw content.
+    """
+
+    __test__ = False  # not a test case, whatever unittest may think
+
+    path: Path
+    fmt: str
+    size: int
+    sha256: str
+    extents: Tuple[Tuple[int, int, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The file name, as served by the test servers."""
+        return self.path.name
+
+
+def _label_bytes(offset: int, length: int) -> bytes:
+    """Bytes that spell their own offset every 16 bytes.
+
+    Misplaced data (a shifted range, a wrong offset) is obvious in them.
+    """
+    first = offset - offset % 16
+    count = (offset + length - first + 15) // 16
+    text = b''.join(b'@%014x\n' % (first + 16 * i) for i in range(count))
+    skip = offset - first
+    return text[skip:skip + length]
+
+
+def make_test_image(path: Union[str, Path], size: int,
+                    seed: int) -> TestImage:
+    """Write a deterministic raw image of @size bytes and describe it.
+
+    The content is a sequence of extents of varied, often unaligned
+    lengths: random bytes from random.Random(@seed), repeated short
+    patterns, bytes spelling their offset, single-byte fills, and zero
+    regions (left as holes, so the file is sparse).  The first and the
+    last 64 KiB always hold random data.  The same (size, seed) always
+    gives the same bytes.
+    """
+    if size <= 0 or size % 512:
+        raise ValueError('the image size must be a positive multiple of 512')
+    rng = random.Random(seed)
+    path = Path(path)
+    extents: List[Tuple[int, int, str]] = []
+    digest = hashlib.sha256()
+    edge = min(64 * KiB, size // 4)
+    with open(path, 'wb') as file:
+        file.truncate(size)
+        offset = 0
+        while offset < size:
+            if offset < edge or offset >= size - edge:
+                kind = 'random'
+                length = edge if offset < edge else size - offset
+            else:
+                kind = rng.choices(
+                    ('random', 'zero', 'repeat', 'label', 'fill'),
+                    weights=(35, 30, 15, 10, 10))[0]
+                length = rng.choice((
+                    rng.randrange(1, 4 * KiB),           # small, unaligned
+                    rng.randrange(1, 64) * 4 * KiB,      # page-aligned
+                    rng.randrange(1, 3 * MiB),           # large, unaligned
+                    rng.randrange(1, 2 * MiB)))
+                length = min(length, size - edge - offset)
+            if kind == 'random':
+                data = rng.randbytes(length)
+            elif kind == 'zero':
+                data = bytes(length)
+            elif kind == 'repeat':
+                unit = rng.randbytes(rng.randrange(2, 33))
+                data = (unit * (length // len(unit) + 1))[:length]
+            elif kind == 'label':
+                data = _label_bytes(offset, length)
+            else:
+                data = bytes([rng.randrange(1, 256)]) * length
+            if kind != 'zero':
+                file.seek(offset)
+                file.write(data)
+            digest.update(data)
+            extents.append((offset, length, kind))
+            offset += length
+    return TestImage(path, 'raw', size, digest.hexdigest(), tuple(extents))
+
+
+def make_qcow2(source: TestImage, path: Union[str, Path],
+               compressed: bool = False,
+               cluster_size: Optional[int] = None) -> TestImage:
+    """Convert @source to qcow2 (-c for @compressed) at @path.
+
+    The result has the guest data of @source: the same sha256.
+    """
+    args: List[Union[str, Path]] = [binaries().qemu_img, 'convert', '-f',
+                                    source.fmt, '-O', 'qcow2']
+    if compressed:
+        args.append('-c')
+    if cluster_size:
+        args += ['-o', f'cluster_size={cluster_size}']
+    run(args + [source.path, path], check=True)
+    return TestImage(Path(path), 'qcow2', source.size, source.sha256,
+                     source.extents)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """The standard test images: raw, qcow2 and compressed qcow2."""
+
+    directory: Path
+    raw: TestImage
+    qcow2: TestImage
+    qcow2c: TestImage
+
+    def all(self) -> Tuple[TestImage, TestImage, TestImage]:
+        """The three images."""
+        return (self.raw, self.qcow2, self.qcow2c)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternRegion:
+    """A region filled with one byte value by ``qemu-io write -P``."""
+
+    offset: int
+    length: int
+    pattern: int
+
+    def read_cmd(self, pattern: Optional[int] = None) -> str:
+        """The qemu-io command that reads the region and checks it."""
+        value = self.pattern if pattern is None else pattern
+        return f'read -P 0x{value:02x} {self.offset} {self.length}'
+
+    @property
+    def end(self) -> int:
+        """The offset just past the region."""
+        return self.offset + self.length
+
+
+def standard_pattern_regions(size: int) -> List[PatternRegion]:
+    """Pattern regions for an image of @size bytes (>= 8 MiB).
+
+    They start at 0, are unaligned, cross 64 KiB and 1 MiB boundaries,
+    span several MiB, and end at the last byte of the image.
+    """
+    if size < 8 * MiB:
+        raise ValueError('pattern images must be at least 8 MiB')
+    return [
+        PatternRegion(0, 4096, 0x11),                        # aligned start
+        PatternRegion(64 * KiB + 123, 7777, 0x22),           # unaligned
+        PatternRegion(MiB - 100, 300, 0x33),                 # crosses 1 MiB
+        PatternRegion(3 * MiB + 1, 2 * MiB + 3, 0x44),       # large
+        PatternRegion(size - 70000, 60000, 0x55),            # near the end
+        PatternRegion(size - 512 - 17, 512 + 17, 0x66),      # the last bytes
+    ]
+
+
+def make_pattern_image(path: Union[str, Path], size: int,
+                       regions: Sequence[PatternRegion]) -> TestImage:
+    """Make a raw image of @size bytes with @regions written by qemu-io.
+
+    The rest of the image reads as zeroes.
+    """
+    path = Path(path)
+    with open(path, 'wb') as file:
+        file.truncate(size)
+    args: List[Union[str, Path]] = [binaries().qemu_io, '-f', 'raw']
+    for region in regions:
+        args += ['-c', f'write -P 0x{region.pattern:02x} {region.offset} '
+                 f'{region.length}']
+    run(args + [path], check=True)
+    extents = tuple((r.offset, r.length, f'pattern 0x{r.pattern:02x}')
+                    for r in regions)
+    return TestImage(path, 'raw', size, sha256_file(path), extents)
+
+
+_SHARED_IMAGES: Dict[Tuple[int, int], ImageSet] = {}
+
+#: Virtual size of the standard test images
+DEFAULT_IMAGE_SIZE = 48 * MiB
+DEFAULT_SEED = 20260101
+
+
+def shared_images(size: int = DEFAULT_IMAGE_SIZE,
+                  seed: int = DEFAULT_SEED) -> ImageSet:
+    """Return the standard images, made once per process and shared.
+
+    They are named disk.raw, disk.qcow2 and disk-c.qcow2 in a directory
+    that test servers can serve as is; do not modify them.
+    """
+    key = (size, seed)
+    if key not in _SHARED_IMAGES:
+        directory = make_tempdir(f'images-{size // MiB}M-{seed}')
+        raw = make_test_image(directory / 'disk.raw', size, seed)
+        qcow2 = make_qcow2(raw, directory / 'disk.qcow2')
+        qcow2c = make_qcow2(raw, directory / 'disk-c.qcow2', compressed=True)
+        _SHARED_IMAGES[key] = ImageSet(directory, raw, qcow2, qcow2c)
+    return _SHARED_IMAGES[key]
+
+
+# ---------------------------------------------------------------------------
+# nginx
+# ---------------------------------------------------------------------------
+
+def _in_user_namespace() -> bool:
+    """Tell whether this process runs in a (non-initial) user namespace."""
+    try:
+        with open('/proc/self/uid_map', encoding='ascii') as uid_map:
+            fields = uid_map.read().split()
+    except OSError:
+        return False
+    return fields[:3] != ['0', '0', '4294967295']
+
+
+class Nginx:
+    """Debian's nginx serving a directory over HTTPS and plain HTTP.
+
+    It runs in the foreground (``daemon off``) with all its files (the
+    configuration, logs, pid and temporary directories) in a private
+    temporary directory, listens on 127.0.0.1 on two free ports (HTTPS
+    with ca_dir/server.pem, or untrusted.pem if @untrusted; and plain
+    HTTP), serves @root with sendfile, and logs every request as JSON
+    (see :meth:`access_log`).  With @http2, the HTTPS port also speaks
+    HTTP/2 (negotiated with ALPN).
+
+    Use it as a context manager, or call start() and stop().
+    """
+
+    #: The JSON access log format: one object per request
+    LOG_FORMAT = ('{"time":$msec,"request":"$request",'
+                  '"method":"$request_method","uri":"$uri",'
+                  '"protocol":"$server_protocol","status":$status,'
+                  '"body_bytes_sent":$body_bytes_sent,'
+                  '"bytes_sent":$bytes_sent,"range":"$http_range",'
+                  '"connection":$connection,'
+                  '"connection_requests":$connection_requests,'
+                  '"port":$server_port,"scheme":"$scheme"}')
+
+    def __init__(self, root: Union[str, Path],
+                 ca_dir: Optional[Union[str, Path]] = None,
+                 http2: bool = False, untrusted: bool = False,
+                 workers: int = 1, binary: str = 'nginx') -> None:
+        self.root = Path(root).resolve()
+        self.ca_dir = Path(ca_dir) if ca_dir else get_ca_dir()
+        self.http2 = http2
+        self.untrusted = untrusted
+        self.workers = workers
+        self.binary = shutil.which(binary) or shutil.which(
+            binary, path='/usr/sbin:/sbin') or binary
+        self.https_port = 0
+        self.http_port = 0
+        self.dir: Optional[Path] = None
+        self._proc: Optional['subprocess.Popen[bytes]'] = None
+
+    # -- lifecycle
+
+    def __enter__(self) -> 'Nginx':
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def start(self, timeout: float = START_TIMEOUT, attempts: int = 5) -> None:
+        """Start nginx and wait until both ports accept connections.
+
+        If a port was taken in the meantime, retry with other ports.
+        """
+        if self._proc is not None:
+            raise RuntimeError('nginx already started')
+        if not os.path.exists(self.binary):
+            raise MissingPrerequisite(
+                'nginx not found: apt-get install nginx-light')
+        self.dir = make_tempdir('nginx')
+        for attempt in range(attempts):
+            self.https_port, self.http_port = free_port(), free_port()
+            while self.http_port == self.https_port:
+                self.http_port = free_port()
+            self._write_config()
+            try:
+                self._launch(timeout)
+                return
+            except _PortInUse:
+                if attempt == attempts - 1:
+                    self.stop()
+                    raise RuntimeError('nginx: no free port found') from None
+            except BaseException:
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        """Stop nginx (if running) and remove its directory."""
+        if self._proc is not None:
+            _stop_process(self._proc, signal.SIGTERM)
+            self._proc = None
+        remove_tree(self.dir)
+        self.dir = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the nginx master process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _launch(self, timeout: float) -> None:
+        assert self.dir is not None
+        error_log = self.dir / 'error.log'
+        error_log.write_bytes(b'')
+        with open(self.dir / 'stderr.log', 'wb') as stderr:
+            # Reaped in stop()  # pylint: disable=consider-using-with
+            self._proc = subprocess.Popen(
+                [self.binary, '-p', str(self.dir), '-c',
+                 str(self.dir / 'nginx.conf'), '-e', str(error_log)],
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                start_new_session=True)
+
+        def died() -> Optional[str]:
+            assert self._proc is not None
+            if self._proc.poll() is None:
+                return None
+            errors = self.errors()
+            if 'Address already in use' in errors:
+                raise _PortInUse()
+            return f'nginx exited with {self._proc.returncode}:\n{errors}'
+
+        wait_for(lambda: port_open(self.https_port) and
+                 port_open(self.http_port), timeout, 'nginx to listen',
+                 abort=died)
+
+    def _write_config(self) -> None:
+        assert self.dir is not None
+        d = self.dir
+        for sub in ('body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'):
+            (d / sub).mkdir(exist_ok=True)
+        cert, key = (('untrusted.pem', 'untrusted.key') if self.untrusted
+                     else ('server.pem', 'server.key'))
+        user = ''
+        if os.geteuid() == 0:
+            # As root, nginx hands its temporary directories and workers to
+            # "user": keep root, for workers must read the private
+            # temporary directories
+            user = 'user root root;'
+            if _in_user_namespace():
+                # Unprivileged, "root" in a user namespace (as under
+                # scripts/with-test-ca.sh): workers could not drop their
+                # supplementary groups, so the master serves alone
+                user += '\nmaster_process off;'
+        h2 = ' http2' if self.http2 else ''
+        config = f'''# nginx configuration for the curl block driver e2e tests
+daemon off;
+{user}
+worker_processes {self.workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    log_format e2e escape=json '{self.LOG_FORMAT}';
+    access_log {d}/access.log e2e;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    types {{ }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 120s;
+    keepalive_requests 100000;
+    server_tokens off;
+    server {{
+        listen {HOST}:{self.https_port} ssl{h2};
+        listen {HOST}:{self.http_port};
+        server_name localhost 127.0.0.1;
+        ssl_certificate {self.ca_dir / cert};
+        ssl_certificate_key {self.ca_dir / key};
+        root {self.root};
+        location / {{ }}
+    }}
+}}
+'''
+        (d / 'nginx.conf').write_text(config, encoding='utf-8')
+
+    # -- URLs
+
+    def https_url(self, name: str) -> str:
+        """The https:// URL of file @name under the root."""
+        return f'https://{HOST}:{self.https_port}/{name.lstrip("/")}'
+
+    def http_url(self, name: str) -> str:
+        """The http:// URL of file @name under the root."""
+        return f'http://{HOST}:{self.http_port}/{name.lstrip("/")}'
+
+    def url(self, name: str, scheme: str = 'https') -> str:
+        """The URL of file @name for @scheme ('http' or 'https')."""
+        return self.https_url(name) if scheme == 'https' else \
+            self.http_url(name)
+
+    # -- logs
+
+    def errors(self) -> str:
+        """The end of nginx's error log and stderr."""
+        if self.dir is None:
+            return ''
+        return (_tail(self.dir / 'error.log') +
+                _tail(self.dir / 'stderr.log')).strip()
+
+    def access_log(self) -> List[Dict[str, Any]]:
+        """Parse the access log: one dict per request answered.
+
+        Keys: time, request, method, uri, protocol, status,
+        body_bytes_sent, bytes_sent, range, connection,
+        connection_requests, port, scheme.  nginx writes a line when it
+        is done with a request, so poll (see :meth:`wait_for_requests`)
+        right after a client exits.
+        """
+        if self.dir is None:
+            return []
+        try:
+            text = (self.dir / 'access.log').read_text(encoding='utf-8')
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            if line.endswith('}'):
+                entries.append(json.loads(line))
+        return entries
+
+    def wait_for_requests(self, count: int,
+                          timeout: float = 10.0) -> List[Dict[str, Any]]:
+        """Wait until the access log has at least @count entries."""
+        def enough() -> Optional[List[Dict[str, Any]]]:
+            log = self.access_log()
+            return log if len(log) >= count else None
+
+        return wait_for(enough, timeout, f'{count} nginx log entries')
+
+    def reset_log(self) -> None:
+        """Forget the requests logged so far."""
+        if self.dir is not None:
+            # nginx appends (O_APPEND): truncating is safe
+            with open(self.dir / 'access.log', 'wb'):
+                pass
+
+
+class _PortInUse(Exception):
+    """nginx could not bind one of its ports."""
+
+
+# ---------------------------------------------------------------------------
+# FTP
+# ---------------------------------------------------------------------------
+
+class FtpServer:
+    """A read-only FTP server (pyftpdlib, see ftpd.py) in a subprocess.
+
+    Anonymous by default, or with @user and @password.  With @tls it
+    speaks implicit FTPS with ca_dir/server.pem: the ftps:// of libcurl
+    and QEMU.  Data connections use passive mode on free ports.
+    """
+
+    def __init__(self, root: Union[str, Path], tls: bool = False,
+                 ca_dir: Optional[Union[str, Path]] = None,
+                 user: Optional[str] = None,
+                 password: Optional[str] = None) -> None:
+        self.root = Path(root).resolve()
+        self.tls = tls
+        self.ca_dir = Path(ca_dir) if ca_dir else (
+            get_ca_dir() if tls else None)
+        self.user = user
+        self.password = password
+        self.port = 0
+        self.dir: Optional[Path] = None
+        self._proc: Optional['subprocess.Popen[bytes]'] = None
+
+    def __enter__(self) -> 'FtpServer':
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server and wait until it accepts connections."""
+        if self._proc is not None:
+            raise RuntimeError('FTP server already started')
+        self.dir = make_tempdir('ftpd')
+        port_file = self.dir / 'port'
+        args = [sys.executable, str(E2E_DIR / 'ftpd.py'), '--root',
+                str(self.root), '--bind', HOST, '--port-file', str(port_file),
+                '--log', str(self.dir / 'ftpd.log')]
+        if self.user is not None:
+            args += ['--user', self.user, '--password', self.password or '']
+        if self.tls:
+            assert self.ca_dir is not None
+            args += ['--tls-cert', str(self.ca_dir / 'server.pem'),
+                     '--tls-key', str(self.ca_dir / 'server.key'),
+                     '--tls-data-required']
+        with open(self.dir / 'stderr.log', 'wb') as stderr:
+            # Reaped in stop()  # pylint: disable=consider-using-with
+            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                          stdout=stderr, stderr=stderr,
+                                          start_new_session=True)
+
+        def died() -> Optional[str]:
+            assert self._proc is not None
+            if self._proc.poll() is None:
+                return None
+            return (f'ftpd exited with {self._proc.returncode}:\n'
+                    f'{self.errors()}')
+
+        try:
+            wait_for(port_file.exists, timeout, 'the FTP server', abort=died)
+            self.port = int(port_file.read_text(encoding='ascii'))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        if self._proc is not None:
+            _stop_process(self._proc, signal.SIGTERM)
+            self._proc = None
+        remove_tree(self.dir)
+        self.dir = None
+
+    def errors(self) -> str:
+        """The end of the server's stderr and log."""
+        if self.dir is None:
+            return ''
+        return (_tail(self.dir / 'stderr.log') +
+                _tail(self.dir / 'ftpd.log')).strip()
+
+    def url(self, name: str) -> str:
+        """The ftp:// (or ftps://) URL of file @name under the root."""
+        scheme = 'ftps' if self.tls else 'ftp'
+        auth = ''
+        if self.user is not None:
+            auth = f'{self.user}:{self.password}@'
+        return f'{scheme}://{auth}{HOST}:{self.port}/{name.lstrip("/")}'
+
+
+# ---------------------------------------------------------------------------
+# QEMU processes with QMP
+# ---------------------------------------------------------------------------
+
+def _import_qmp() -> Any:
+    """Import QEMUMonitorProtocol from the QEMU tree's python/ directory."""
+    path = str(binaries().python_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    # pylint: disable=import-outside-toplevel
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+    return QEMUMonitorProtocol
+
+
+class QemuProcessError(AssertionError):
+    """A QEMU process failed: its stderr is in the message."""
+
+
+class QemuProcess:
+    """A QEMU program with a QMP monitor on a UNIX socket.
+
+    Subclasses give the binary and how to attach the monitor.  The
+    process's stdout and stderr go to a log file whose end is included
+    in every error raised (:class:`QemuProcessError`, an AssertionError
+    so that a test fails with it).  Every wait has a timeout; a process
+    that does not quit in time is killed.
+    """
+
+    name = 'qemu'
+
+    def __init__(self, binary: Union[str, Path], args: Sequence[str] = (),
+                 qmp_timeout: float = QMP_TIMEOUT) -> None:
+        self.binary = str(binary)
+        self.extra_args = list(args)
+        self.qmp_timeout = qmp_timeout
+        self.dir: Optional[Path] = None
+        self.sock_dir: Optional[Path] = None
+        self._proc: Optional['subprocess.Popen[bytes]'] = None
+        self._qmp: Any = None
+        self.exitcode: Optional[int] = None
+        self.args: List[str] = [self.binary]
+
+    def __enter__(self) -> 'QemuProcess':
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._proc is not None:
+            self.shutdown(check=False)
+        self.cleanup()
+
+    def monitor_args(self, qmp_sock: Path) -> List[str]:
+        """The options that create the QMP monitor at @qmp_sock."""
+        raise NotImplementedError
+
+    def socket_path(self, name: str) -> Path:
+        """A path for a UNIX socket of this process (e.g. NBD)."""
+        assert self.sock_dir is not None
+        return self.sock_dir / name
+
+    @property
+    def log_path(self) -> Path:
+        """The file with the process's stdout and stderr."""
+        assert self.dir is not None
+        return self.dir / 'output.log'
+
+    def output(self, limit: Optional[int] = 8000) -> str:
+        """The process's stdout and stderr so far: the last @limit
+        characters, or all of them if @limit is None.
+
+        QEMU's stdout is a file, so it is block-buffered: what QEMU
+        prints with printf() (such as the output of the HMP qemu-io
+        command) is there only once QEMU has exited.
+        """
+        if self.dir is None:
+            return ''
+        if limit is None:
+            try:
+                return self.log_path.read_text(encoding='utf-8',
+                                               errors='replace')
+            except OSError:
+                return ''
+        return _tail(self.log_path, limit)
+
+    def fail(self, message: str) -> QemuProcessError:
+        """Build an error for @message with the process's output."""
+        if self._proc is not None and self._proc.poll() is None:
+            state = 'running'
+        elif self._proc is not None:
+            state = f'exit code {self._proc.returncode}'
+        else:
+            state = f'exit code {self.exitcode}'
+        return QemuProcessError(f'{self.name}: {message} ({state})\n'
+                                f'command: {" ".join(self.args)}\n'
+                                f'--- output ---\n{self.output()}')
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and connect to its QMP monitor."""
+        qmp_class = _import_qmp()
+        self.dir = make_tempdir(self.name)
+        self.sock_dir = short_socket_dir(self.dir)
+        qmp_sock = self.sock_dir / 'qmp.sock'
+        self.args = ([self.binary] + self.monitor_args(qmp_sock) +
+                     self.extra_args)
+        with open(self.log_path, 'wb') as log:
+            # Reaped in shutdown()  # pylint: disable=consider-using-with
+            self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=log,
+                                          start_new_session=True)
+        # A QMP server socket accepts a new client when the last one has
+        # gone, so a failed session setup can be tried again
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            start = b''
+            try:
+                sock = self._connect(qmp_sock, timeout)
+                start = sock.recv(200, socket.MSG_PEEK)
+                self._qmp = qmp_class(sock)
+                self._qmp.connect()
+                self._qmp.settimeout(self.qmp_timeout)
+                return
+            except QemuProcessError:
+                self.kill()
+                raise
+            except Exception as err:  # pylint: disable=broad-except
+                self._close_qmp()
+                if attempt == attempts or self.exited():
+                    self.kill()
+                    raise self.fail(f'could not connect to QMP: {err!r}; '
+                                    f'QEMU sent first: {start!r}') from err
+
+    def _connect(self, path: Path, timeout: float) -> socket.socket:
+        """Connect to the QMP socket, and wait for the greeting."""
+        assert self._proc is not None
+        proc = self._proc
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def attempt() -> bool:
+            try:
+                sock.connect(str(path))
+                return True
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False
+
+        def died() -> Optional[str]:
+            return None if proc.poll() is None else 'the process exited'
+
+        try:
+            wait_for(attempt, timeout, 'the QMP socket', abort=died)
+            # The greeting must come in time; QMP's connect() has no timeout
+            readable, _, _ = select.select([sock], [], [], timeout)
+            if not readable:
+                raise self.fail('no QMP greeting')
+        except (TimeoutError, RuntimeError) as err:
+            sock.close()
+            raise self.fail(str(err)) from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def cmd(self, command: str, **args: Any) -> Any:
+        """Run a QMP command and return its result.
+
+        Argument names may use '_' for '-'.  A QMP error, a timeout or a
+        lost connection raise QemuProcessError with the process's output.
+        """
+        if self._qmp is None:
+            raise self.fail(f'{command}: not connected')
+        arguments = {k.replace('_', '-'): v for k, v in args.items()}
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except Exception as err:  # pylint: disable=broad-except
+            raise self.fail(f'QMP {command} {json.dumps(arguments)} '
+                            f'failed: {err!r}') from err
+
+    def cmd_error(self, command: str, **args: Any) -> str:
+        """Run a QMP command that must fail; return its error description.
+
+        Raise QemuProcessError if it succeeds.
+        """
+        arguments = {k.replace('_', '-'): v for k, v in args.items()}
+        try:
+            result = self._qmp.cmd_raw(command, arguments)
+        except Exception as err:  # pylint: disable=broad-except
+            raise self.fail(f'QMP {command} failed to run: {err!r}') from err
+        if 'error' not in result:
+            raise self.fail(f'QMP {command} unexpectedly succeeded: '
+                            f'{result!r}')
+        return str(result['error'].get('desc', result['error']))
+
+    def hmp(self, command_line: str) -> str:
+        """Run an HMP command through QMP and return its output."""
+        return str(self.cmd('human-monitor-command',
+                            command_line=command_line))
+
+    def event_wait(self, name: str, timeout: float = QMP_TIMEOUT,
+                   match: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Wait for QMP event @name whose data contains @match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.fail(f'timed out waiting for event {name}')
+            try:
+                event = self._qmp.pull_event(wait=float(remaining))
+            except Exception as err:  # pylint: disable=broad-except
+                raise self.fail(f'waiting for event {name}: '
+                                f'{err!r}') from err
+            if event is None or event.get('event') != name:
+                continue
+            data = event.get('data', {})
+            if all(data.get(k) == v for k, v in (match or {}).items()):
+                return dict(event)
+
+    def shutdown(self, timeout: float = 30.0, check: bool = True) -> int:
+        """Ask the process to quit over QMP, wait, kill it if needed.
+
+        Return its exit code.  With @check, raise QemuProcessError unless
+        it quit by itself with exit code 0.
+        """
+        proc = self._proc
+        if proc is None:
+            return self.exitcode if self.exitcode is not None else -1
+        quit_error = None
+        if self._qmp is not None and proc.poll() is None:
+            try:
+                self._qmp.cmd('quit')
+            except Exception as err:  # pylint: disable=broad-except
+                # The connection may drop before the answer arrives
+                quit_error = err
+        self._close_qmp()
+        killed = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            proc.kill()
+            proc.wait(timeout=timeout)
+        self.exitcode = proc.returncode
+        if check and (killed or proc.returncode != 0):
+            message = ('did not quit and was killed' if killed else
+                       f'quit with exit code {proc.returncode}')
+            if quit_error is not None:
+                message += f' (quit: {quit_error!r})'
+            raise self.fail(message)
+        self._proc = None
+        return self.exitcode
+
+    def exited(self) -> bool:
+        """Tell whether the process has ended (or was never started)."""
+        return self._proc is None or self._proc.poll() is not None
+
+    def kill(self) -> None:
+        """Kill the process at once."""
+        self._close_qmp()
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait(timeout=30)
+            self.exitcode = self._proc.returncode
+            self._proc = None
+
+    def _close_qmp(self) -> None:
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._qmp = None
+
+    def cleanup(self) -> None:
+        """Remove the process's directory (after shutdown or kill)."""
+        if self._proc is not None:
+            self.kill()
+        remove_tree(self.dir)
+        if self.sock_dir is not None and self.sock_dir != self.dir:
+            remove_tree(self.sock_dir)
+        self.dir = self.sock_dir = None
+
+
+class QemuSystem(QemuProcess):
+    """qemu-system-x86_64 -M none, no devices, no display, with QMP.
+
+    @args are extra options, e.g. ['-drive', 'if=none,id=d0,...'].
+    """
+
+    name = 'qemu-system'
+
+    def __init__(self, args: Sequence[str] = (),
+                 binary: Optional[Union[str, Path]] = None,
+                 qmp_timeout: float = QMP_TIMEOUT) -> None:
+        super().__init__(binary or binaries().qemu_system, args, qmp_timeout)
+
+    def monitor_args(self, qmp_sock: Path) -> List[str]:
+        return ['-M', 'none', '-nodefaults', '-display', 'none',
+                '-chardev', f'socket,id=qmp0,path={qmp_sock},server=on,'
+                'wait=off', '-mon', 'chardev=qmp0,mode=control']
+
+
+class StorageDaemon(QemuProcess):
+    """qemu-storage-daemon with only a QMP monitor (plus @args)."""
+
+    name = 'qemu-storage-daemon'
+
+    def __init__(self, args: Sequence[str] = (),
+                 binary: Optional[Union[str, Path]] = None,
+                 qmp_timeout: float = QMP_TIMEOUT) -> None:
+        super().__init__(binary or binaries().qemu_storage_daemon, args,
+                         qmp_timeout)
+
+    def monitor_args(self, qmp_sock: Path) -> List[str]:
+        return ['--chardev', f'socket,id=qmp0,path={qmp_sock},server=on,'
+                'wait=off', '--monitor', 'chardev=qmp0']
+
+
+def nbd_unix_uri(export: str, socket_path: Union[str, Path]) -> str:
+    """The NBD URI of export @export on the UNIX socket @socket_path."""
+    return f'nbd+unix:///{export}?socket={socket_path}'
+
+
+# ---------------------------------------------------------------------------
+# Misc helpers for tests
+# ---------------------------------------------------------------------------
+
+def parse_hexdump(text: str) -> Dict[int, int]:
+    """Parse the hex dump of ``qemu-io -c 'read -v ...'``.
+
+    Return {offset: byte} for every byte shown.
+    """
+    result: Dict[int, int] = {}
+    line_re = re.compile(r'^([0-9a-f]{8,16}):\s+((?:[0-9a-f]{2}\s)+)',
+                         re.IGNORECASE)
+    for line in text.splitlines():
+        match = line_re.match(line)
+        if not match:
+            continue
+        base = int(match.group(1), 16)
+        for i, byte in enumerate(match.group(2).split()):
+            result[base + i] = int(byte, 16)
+    return result
+
+
+def read_bytes(path: Union[str, Path], offset: int, length: int) -> bytes:
+    """Read @length bytes at @offset of a local file."""
+    with open(path, 'rb') as file:
+        file.seek(offset)
+        return file.read(length)

@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# e2e: qemu-img convert from ftp:// and ftps:// sources.
+#
+# pyftpdlib (tests/e2e/ftpd.py) serves the standard images read-only:
+# anonymously over FTP, with a user and password over FTP, and over
+# implicit FTPS (TLS from the first byte, which is what ftps:// means to
+# libcurl) with the test CA's certificate and verification on.  Raw and
+# qcow2 images are converted and compared byte for byte.
+#
+# The ftps:// conversions run with "qemu-img convert -m 1" (one request
+# at a time): with parallel requests the stock driver (libcurl 7.88.1,
+# GnuTLS) intermittently stalls on a new FTPS control connection after
+# the server's "229 Entering extended passive mode" answer -- it never
+# connect()s to the data port, as strace shows -- and the transfer fails
+# after the driver's 5 s timeout.  The server is not at fault: curl(1)
+# with 8 parallel ranged ftps:// downloads never stalls.  That bug of the
+# stock driver is for the rewrite to fix, not for this baseline to hit.
+"""qemu-img convert over FTP and implicit FTPS, checked byte for byte."""
+
+from __future__ import annotations
+
+import unittest
+from typing import ClassVar
+
+import fixtures
+from e2e_case import E2ETestCase
+from fixtures import FtpServer, ImageSet, TestImage
+
+USER = 'e2e-user'
+PASSWORD = 'pass-w0rd'
+
+
+class FtpTest(E2ETestCase):
+    """ftp:// and ftps:// sources."""
+
+    images: ClassVar[ImageSet]
+    ftp: ClassVar[FtpServer]
+    ftp_auth: ClassVar[FtpServer]
+    ftps: ClassVar[FtpServer]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.images = fixtures.shared_images()
+        directory = cls.images.directory
+        cls.ftp = cls.start_server(FtpServer(directory))
+        cls.ftp_auth = cls.start_server(
+            FtpServer(directory, user=USER, password=PASSWORD))
+        cls.ftps = cls.start_server(
+            FtpServer(directory, tls=True, ca_dir=cls.ca_dir))
+
+    def check_convert(self, url: str, image: TestImage, out_fmt: str,
+                      serial: bool = False) -> None:
+        """Convert @url (holding @image) to @out_fmt and compare.
+
+        With @serial, qemu-img issues one request at a time (-m 1).
+        """
+        out = self.tmp / f'out.{out_fmt}'
+        options = ['-m', '1'] if serial else []
+        result = self.qemu_img('convert', *options, '-f', image.fmt,
+                               '-O', out_fmt, url, out)
+        self.assertSucceeded(result, f'convert {url}')
+        self.assertConvertOutput(out, out_fmt, self.images.raw)
+
+    def test_ftp_raw_to_raw(self) -> None:
+        """ftp://, raw image, to raw."""
+        image = self.images.raw
+        self.check_convert(self.ftp.url(image.name), image, 'raw')
+
+    def test_ftp_qcow2_to_raw(self) -> None:
+        """ftp://, qcow2 image, to raw."""
+        image = self.images.qcow2
+        self.check_convert(self.ftp.url(image.name), image, 'raw')
+
+    def test_ftp_compressed_qcow2_to_qcow2(self) -> None:
+        """ftp://, compressed qcow2 image, to qcow2."""
+        image = self.images.qcow2c
+        self.check_convert(self.ftp.url(image.name), image, 'qcow2')
+
+    def test_ftp_user_password_in_url(self) -> None:
+        """ftp://user:password@..., raw image, to raw."""
+        image = self.images.raw
+        self.check_convert(self.ftp_auth.url(image.name), image, 'raw')
+
+    def test_ftp_username_password_secret(self) -> None:
+        """file.username and file.password-secret options."""
+        image = self.images.qcow2
+        url = f'ftp://{fixtures.HOST}:{self.ftp_auth.port}/{image.name}'
+        out = self.tmp / 'out.raw'
+        result = self.qemu_img(
+            'convert', '--object', f'secret,id=sec0,data={PASSWORD}',
+            '--image-opts', f'driver=qcow2,file.driver=ftp,file.url={url},'
+            f'file.username={USER},file.password-secret=sec0',
+            '-O', 'raw', out)
+        self.assertSucceeded(result)
+        self.assertFileHasImageData(out, self.images.raw)
+
+    def test_ftp_wrong_password_fails(self) -> None:
+        """A wrong password is refused with the server's answer."""
+        url = f'ftp://{fixtures.HOST}:{self.ftp_auth.port}/disk.raw'
+        result = self.qemu_img(
+            'info', '--object', 'secret,id=sec0,data=not-the-password',
+            '--image-opts', f'driver=raw,file.driver=ftp,file.url={url},'
+            f'file.username={USER},file.password-secret=sec0',
+            timeout=fixtures.COMMAND_TIMEOUT)
+        self.assertFailedCleanly(result)
+        self.assertOutputMentions(result, url, '530', 'denied', 'login')
+
+    def test_ftps_info(self) -> None:
+        """qemu-img info over ftps:// (implicit TLS, certificate verified)."""
+        image = self.images.qcow2
+        url = self.ftps.url(image.name)
+        result = self.qemu_img('info', '-f', 'qcow2', url)
+        self.assertSucceeded(result)
+        self.assertRegex(result.stdout,
+                         rf'virtual size: [^\n]*\({image.size} bytes\)')
+        self.assertIn('protocol type: ftps', result.stdout)
+        self.assertRegex(result.stdout, rf'file length: [^\n]*\('
+                         rf'{image.path.stat().st_size} bytes\)')
+
+    def test_ftps_raw_to_raw(self) -> None:
+        """ftps:// (implicit TLS, certificate verified), raw, to raw."""
+        image = self.images.raw
+        self.check_convert(self.ftps.url(image.name), image, 'raw',
+                           serial=True)
+
+    def test_ftps_qcow2_to_qcow2(self) -> None:
+        """ftps:// (implicit TLS, certificate verified), qcow2, to qcow2."""
+        image = self.images.qcow2
+        self.check_convert(self.ftps.url(image.name), image, 'qcow2',
+                           serial=True)
+
+    def test_ftps_image_opts_sslverify_on(self) -> None:
+        """--image-opts with file.driver=ftps and sslverify=on."""
+        image = self.images.qcow2c
+        out = self.tmp / 'out.raw'
+        result = self.qemu_img(
+            'convert', '-m', '1', '--image-opts',
+            f'driver=qcow2,file.driver=ftps,'
+            f'file.url={self.ftps.url(image.name)},file.sslverify=on',
+            '-O', 'raw', out)
+        self.assertSucceeded(result)
+        self.assertFileHasImageData(out, self.images.raw)
+
+
+if __name__ == '__main__':
+    unittest.main()
