@@ -909,7 +909,7 @@ static QemuOptsList runtime_opts = {
         {
             .name = CURL_OPT_BLOCKCOUNT,
             .type = QEMU_OPT_NUMBER,
-            .help = "Number of blocks cached, at most 1G of them "
+            .help = "Number of blocks cached, up to 1G in all "
                     "(default: as many as fit in 56M, at least 2)",
         },
         {
