@@ -82,7 +82,7 @@ void range_cache_set_readahead(RangeCache *rc, unsigned blocks)
 {
     assert(blocks < rc->capacity);
     rc->readahead = blocks;
-    rc->stream_reads = 0;
+    memset(rc->streams, 0, sizeof(rc->streams));
 }
 
 uint64_t range_cache_nb_image_blocks(const RangeCache *rc)
@@ -266,35 +266,71 @@ static unsigned range_cache_acquire_locked(RangeCache *rc, uint64_t pos,
 }
 
 /*
- * Called once for every read, of blocks @first to @last.  Reads that start
- * where earlier ones ended make a stream.  Concurrent readers of a stream
- * (qemu-img convert runs several) arrive a little out of order, so a read
- * that starts within the readahead window of the stream's end continues it.
- * From the second read of a stream on, the blocks that follow it are
- * fetched, as far as there is room.
+ * Which stream a read of the bytes from @pos to @end continues: one that it
+ * makes longer, starting in the stream's last block or the one after it.
+ * Concurrent readers of a stream (qemu-img convert runs several) arrive a
+ * little out of order; a read that falls behind the end of a stream
+ * neither continues nor breaks it.  Returns NULL for a read elsewhere,
+ * after making it the start of a new stream, and for a read behind.
  */
-static void range_cache_readahead_locked(RangeCache *rc, uint64_t first,
-                                         uint64_t last)
+static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
+                                                        uint64_t pos,
+                                                        uint64_t end)
 {
-    uint64_t index, end;
+    uint64_t first = range_cache_block_index(rc, pos);
+    RangeCacheStream *st, *oldest = NULL;
+    bool behind = false;
+
+    for (st = rc->streams; st < rc->streams + RANGE_CACHE_STREAMS; st++) {
+        uint64_t last = range_cache_block_index(rc, st->end - 1);
+
+        if (st->reads && first <= last + 1 && first + rc->readahead >= last) {
+            if (end > st->end) {
+                st->end = end;
+                st->reads++;
+                st->used = ++rc->stream_clock;
+                return st;
+            }
+            behind = true;              /* or read again */
+        }
+        if (!oldest || (oldest->reads && st->used < oldest->used)) {
+            oldest = st;
+        }
+    }
+    if (behind) {
+        return NULL;
+    }
+    *oldest = (RangeCacheStream) {
+        .end = end,
+        .reads = 1,
+        .used = ++rc->stream_clock,
+    };
+    return NULL;
+}
+
+/*
+ * Called once for every read, of the bytes from @pos to @end.  From the
+ * second read of a stream on, make sure the blocks after it are cached or
+ * being fetched, as far as there is room: random reads fetch nothing ahead.
+ */
+static void range_cache_readahead_locked(RangeCache *rc, uint64_t pos,
+                                         uint64_t end)
+{
+    RangeCacheStream *st;
+    uint64_t index, last, first = 0;
     unsigned started = 0;
 
     if (!rc->readahead) {
         return;
     }
-    if (rc->stream_reads && first + rc->readahead >= rc->stream_end &&
-        first <= rc->stream_end + 1 + rc->readahead) {
-        rc->stream_end = MAX(rc->stream_end, last);
-        rc->stream_reads++;
-    } else {
-        rc->stream_end = last;
-        rc->stream_reads = 1;
+    st = range_cache_find_stream_locked(rc, pos, end);
+    if (!st || st->reads < 2) {
         return;
     }
 
-    end = MIN(rc->stream_end + rc->readahead,
-              range_cache_nb_image_blocks(rc) - 1);
-    for (index = rc->stream_end + 1; index <= end; index++) {
+    index = range_cache_block_index(rc, st->end - 1) + 1;
+    last = MIN(index + rc->readahead, range_cache_nb_image_blocks(rc)) - 1;
+    for (; index <= last; index++) {
         if (g_hash_table_contains(rc->blocks, &index)) {
             continue;
         }
@@ -376,8 +412,7 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
             qemu_co_queue_next(&rc->room_waiters);
         }
         if (first_batch) {
-            range_cache_readahead_locked(rc, range_cache_block_index(rc, pos),
-                                         range_cache_block_index(rc, end - 1));
+            range_cache_readahead_locked(rc, offset, end);
             first_batch = false;
         }
 

@@ -86,6 +86,19 @@ typedef struct RangeCacheStats {
     uint64_t bytes_served;      /* bytes copied out to readers */
 } RangeCacheStats;
 
+/*
+ * Sequential reads that readahead follows.  Two are tracked, so that a read
+ * elsewhere now and then (metadata of a format driver, say) does not make
+ * readahead lose the main stream.
+ */
+#define RANGE_CACHE_STREAMS 2
+
+typedef struct RangeCacheStream {
+    uint64_t end;               /* image offset after its furthest read */
+    unsigned reads;             /* reads that made it longer; 0: unused */
+    unsigned used;              /* stream_clock when last made longer */
+} RangeCacheStream;
+
 typedef struct RangeCache {
     /* Set at init, constant afterwards */
     uint64_t length;            /* image length */
@@ -106,9 +119,8 @@ typedef struct RangeCache {
 
     /* Readahead */
     unsigned readahead;         /* blocks to fetch ahead of a stream; 0: off */
-    uint64_t stream_end;        /* last block of the current stream */
-    unsigned stream_reads;      /* reads that continued it */
-    uint64_t readahead_next;    /* first block readahead has not requested */
+    RangeCacheStream streams[RANGE_CACHE_STREAMS];
+    unsigned stream_clock;      /* for the least recently used stream */
 
     RangeCacheStats stats;
 } RangeCache;

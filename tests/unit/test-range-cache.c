@@ -540,11 +540,17 @@ static void test_readahead_sequential(void)
     test_cache_free(tc);
 }
 
-/* Random reads do not start readahead */
+/*
+ * Random reads do not start readahead, even near each other (within the
+ * readahead distance, but not in the next block) or when a block is read
+ * twice.
+ */
 static void test_readahead_random(void)
 {
     TestCache *tc = test_cache_new(256 * BS, 0, 8);
-    static const unsigned blocks[] = { 17, 200, 3, 90, 150, 40, 250, 8 };
+    static const unsigned blocks[] = {
+        17, 200, 3, 90, 150, 40, 250, 8, 11, 6, 6, 13, 13, 100, 103, 99,
+    };
     unsigned i;
 
     range_cache_set_readahead(&tc->rc, 4);
@@ -552,7 +558,42 @@ static void test_readahead_random(void)
         test_read_sync(tc, blocks[i] * BS + 5, 100);
     }
     g_assert_cmpuint(tc->rc.stats.prefetches, ==, 0);
-    g_assert_cmpuint(tc->fetches, ==, ARRAY_SIZE(blocks));
+    g_assert_cmpuint(tc->fetches, ==, 14);
+    test_cache_free(tc);
+}
+
+/* Small reads that advance within a block are a stream too */
+static void test_readahead_small_reads(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 8);
+    g_autofree char *ev = NULL;
+
+    range_cache_set_readahead(&tc->rc, 2);
+    test_read_sync(tc, 100, 300);
+    test_read_sync(tc, 100, 300);       /* read again: not a stream */
+    test_read_sync(tc, 50, 100);        /* behind: neither */
+    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 0);
+    test_read_sync(tc, 400, 300);       /* advances: prefetch 1 and 2 */
+    ev = test_events(tc);
+    g_assert_cmpstr(ev, ==, "m0 h0 h0 h0 r1");
+    test_cache_free(tc);
+}
+
+/* A read elsewhere now and then does not stop readahead of a stream */
+static void test_readahead_two_streams(void)
+{
+    TestCache *tc = test_cache_new(256 * BS, 0, 16);
+    g_autofree char *ev = NULL;
+
+    range_cache_set_readahead(&tc->rc, 2);
+    test_read_sync(tc, 0, BS);
+    test_read_sync(tc, BS, BS);         /* prefetches 2 and 3 */
+    test_read_sync(tc, 200 * BS, 10);   /* elsewhere */
+    test_read_sync(tc, 2 * BS, BS);     /* prefetches 4 */
+    test_read_sync(tc, 150 * BS, 10);   /* elsewhere again */
+    test_read_sync(tc, 3 * BS, BS);     /* prefetches 5 */
+    ev = test_events(tc);
+    g_assert_cmpstr(ev, ==, "m0 m1 r2 m200 h2 r4 m150 h3 r5");
     test_cache_free(tc);
 }
 
@@ -614,6 +655,10 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/readahead/sequential",
                     test_readahead_sequential);
     g_test_add_func("/range-cache/readahead/random", test_readahead_random);
+    g_test_add_func("/range-cache/readahead/small-reads",
+                    test_readahead_small_reads);
+    g_test_add_func("/range-cache/readahead/two-streams",
+                    test_readahead_two_streams);
     g_test_add_func("/range-cache/readahead/unused", test_readahead_unused);
     return g_test_run();
 }
