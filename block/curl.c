@@ -79,6 +79,9 @@
 
 #define CURL_MAX_REDIRECTS          16
 
+/* How often the transfers are checked for progress, when 'timeout' is set */
+#define CURL_WATCHDOG_MS            500
+
 #ifdef HAVE_CURLOPT_PROTOCOLS_STR
 #define CURL_PROTOCOLS              "HTTP,HTTPS,FTP,FTPS"
 #else
@@ -94,6 +97,7 @@ typedef struct CURLHeaders {
     bool http;                  /* an HTTP status line was seen */
     bool accept_ranges;         /* Accept-Ranges: bytes */
     bool has_range;             /* Content-Range: bytes FIRST-LAST/TOTAL */
+    bool has_total;             /* Content-Range: bytes * / TOTAL */
     uint64_t range_first;
     uint64_t range_last;
     uint64_t range_total;
@@ -110,6 +114,7 @@ typedef struct CURLTransfer {
     uint64_t last;
     uint64_t received;          /* body bytes written to blk->data */
     int64_t start_ns;
+    int64_t progress_ns;        /* when the last bytes arrived */
     unsigned attempt;           /* 0 for the first request of blk */
     int ret;                    /* -errno when our own checks failed */
     char why[256];              /* and why */
@@ -159,7 +164,7 @@ struct BDRVCURLState {
     CURLFetchQueue prefetch_queue;  /* blocks for readahead */
     CURLTransfer *transfers;    /* 'connections' of them */
     unsigned active;            /* transfers running */
-    bool error_reported;        /* only the first failure goes to stderr */
+    bool error_reported;        /* stderr has a failure since a success */
 
     /* Statistics, traced at close; protected by mutex */
     uint64_t nb_transfers;
@@ -170,6 +175,7 @@ struct BDRVCURLState {
     AioContext *aio_context;
     CURLM *multi;
     QEMUTimer timer;            /* libcurl's timeout */
+    QEMUTimer watchdog;         /* checks that transfers progress */
     QEMUBH *start_bh;           /* starts queued fetches in aio_context */
     QLIST_HEAD(, CURLSocket) sockets;
 };
@@ -234,6 +240,12 @@ static bool curl_parse_content_range(const char *v, size_t len,
         return false;
     }
     p = str + strlen("bytes ");
+    if (*p == '*') {
+        /* 416: no range, but the length of the file */
+        h->has_total = *++p == '/' &&
+                       !qemu_strtou64(p + 1, NULL, 10, &h->range_total);
+        return false;
+    }
     if (qemu_strtou64(p, &p, 10, &h->range_first) || *p++ != '-' ||
         qemu_strtou64(p, &p, 10, &h->range_last) || *p++ != '/' ||
         qemu_strtou64(p, NULL, 10, &h->range_total) ||
@@ -519,7 +531,10 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
     if (status == 200 && t->first == 0 && t->last == s->remote_len - 1) {
         return true;        /* the whole file, as asked */
     }
-    if (status == 200 && s->validator) {
+    if (status == 200 && s->validator &&
+        strcmp(s->validator, h->etag) &&
+        strcmp(s->validator, h->last_modified)) {
+        /* If-Range did not match: the file is not the one we opened */
         t->ret = -ESTALE;
         snprintf(t->why, sizeof(t->why), "the remote file changed since it "
                  "was opened (it no longer matches %s)", s->validator);
@@ -550,6 +565,7 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
     }
     memcpy(blk->data + t->received, ptr, len);
     t->received += len;
+    t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     return len;
 }
 
@@ -591,6 +607,7 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     t->errbuf[0] = '\0';
     t->headers = (CURLHeaders) { 0 };
     t->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    t->progress_ns = t->start_ns;
 
     code = curl_easy_setopt(t->easy, CURLOPT_URL,
                             s->redirect_url ?: s->url);
@@ -608,6 +625,10 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     }
     trace_curl_transfer_start(s, blk->index, t->first, t->last,
                               blk->prefetched, s->active);
+    if (s->timeout && !timer_pending(&s->watchdog)) {
+        timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  CURL_WATCHDOG_MS);
+    }
     return 0;
 }
 
@@ -699,6 +720,8 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     s->active--;
     if (ret < 0) {
         curl_report_failure_locked(s, t, ret);
+    } else {
+        s->error_reported = false;      /* report the next outage too */
     }
     /* Drops the lock while readers run */
     range_cache_complete_locked(&s->cache, blk, ret);
@@ -747,6 +770,37 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
             curl_report_failure_locked(s, t, ret);
             range_cache_complete_locked(&s->cache, blk, ret);
         }
+    }
+}
+
+/*
+ * A transfer that gets no data for 'timeout' seconds fails (and is asked
+ * for again, like any broken transfer).  libcurl's own low-speed limit
+ * averages over several seconds, so it would notice a stall that follows a
+ * burst of data late.
+ */
+static void curl_watchdog_expired(void *opaque)
+{
+    BDRVCURLState *s = opaque;
+    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    unsigned i;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    for (i = 0; i < s->connections; i++) {
+        CURLTransfer *t = &s->transfers[i];
+
+        if (t->blk &&
+            now - t->progress_ns > s->timeout * NANOSECONDS_PER_SECOND) {
+            t->ret = -ETIMEDOUT;
+            snprintf(t->why, sizeof(t->why), "no data for %" PRIu64
+                     " seconds", s->timeout);
+            curl_transfer_done_locked(t, CURLE_OPERATION_TIMEDOUT);
+        }
+    }
+    curl_start_transfers_locked(s);
+    if (s->active) {
+        timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  CURL_WATCHDOG_MS);
     }
 }
 
@@ -818,6 +872,8 @@ static void curl_attach_aio_context(BlockDriverState *bs,
     s->aio_context = new_context;
     aio_timer_init(new_context, &s->timer, QEMU_CLOCK_REALTIME, SCALE_MS,
                    curl_timer_expired, s);
+    aio_timer_init(new_context, &s->watchdog, QEMU_CLOCK_REALTIME, SCALE_MS,
+                   curl_watchdog_expired, s);
     s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
 
     s->multi = curl_multi_init();
@@ -877,6 +933,7 @@ static void curl_detach_aio_context(BlockDriverState *bs)
         }
     }
     timer_del(&s->timer);
+    timer_del(&s->watchdog);
     qemu_bh_delete(s->start_bh);
     s->start_bh = NULL;
 }
@@ -1221,6 +1278,13 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
     p->range_get = true;
     ret = curl_probe_perform(s, easy, p, "GET bytes 0-0", &status,
                              errp);
+    if (ret < 0 && status == 416 && h->has_total && h->range_total == 0) {
+        /* An empty file has no first byte */
+        error_free(*errp);
+        *errp = NULL;
+        s->remote_len = 0;
+        return 0;
+    }
     if (ret < 0) {
         return ret;
     }
