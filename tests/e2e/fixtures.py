@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
@@ -49,6 +50,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -81,11 +83,12 @@ __all__ = [
     'COMMAND_TIMEOUT', 'HOST', 'KiB', 'MiB', 'QMP_TIMEOUT', 'START_TIMEOUT',
     'ImageSet', 'QemuProcessError', 'port_open', 'Binaries', 'CmdResult', 'CommandFailed', 'CommandTimeout', 'FtpServer',
     'MissingPrerequisite', 'Nginx', 'QemuProcess', 'QemuSystem',
-    'PatternRegion', 'RangeServer', 'StorageDaemon', 'TestImage', 'binaries',
-    'build_dir', 'free_port', 'get_ca_dir', 'make_pattern_image',
-    'make_qcow2', 'make_tempdir', 'make_test_image', 'nbd_unix_uri',
-    'parse_hexdump', 'read_bytes', 'remove_tree', 'run', 'sha256_file',
-    'shared_images', 'standard_pattern_regions', 'wait_for',
+    'PatternRegion', 'RangeServer', 'StorageDaemon', 'TarMember', 'TestImage',
+    'binaries', 'build_dir', 'free_port', 'get_ca_dir', 'make_pattern_image',
+    'make_qcow2', 'make_tar', 'make_tempdir', 'make_test_image',
+    'nbd_unix_uri', 'parse_byte_range', 'parse_hexdump', 'read_bytes',
+    'remove_tree', 'run', 'sha256_file', 'shared_images',
+    'standard_pattern_regions', 'wait_for',
 ]
 
 
@@ -882,6 +885,24 @@ http {{
             with open(self.dir / 'access.log', 'wb'):
                 pass
 
+    def settled_log(self, quiet: float = 0.15,
+                    timeout: float = 10.0) -> List[Dict[str, Any]]:
+        """Wait until the access log stops growing, and parse it.
+
+        nginx logs a request once it has sent the answer, a moment after
+        the client may have read it: once a client has exited, the log
+        is complete when it has not grown for @quiet seconds.
+        """
+        deadline = time.monotonic() + timeout
+        log = self.access_log()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self.access_log()
+            if len(again) == len(log):
+                return again
+            log = again
+        return log
+
 
 class _PortInUse(Exception):
     """nginx could not bind one of its ports."""
@@ -1321,6 +1342,48 @@ def parse_hexdump(text: str) -> Dict[int, int]:
         for i, byte in enumerate(match.group(2).split()):
             result[base + i] = int(byte, 16)
     return result
+
+
+def parse_byte_range(value: str) -> Tuple[int, int]:
+    """Parse a Range header value 'bytes=FIRST-LAST' (one closed range).
+
+    Return (FIRST, LAST), inclusive; raise ValueError for anything else.
+    """
+    match = re.fullmatch(r'bytes=(\d+)-(\d+)', value.strip())
+    if not match:
+        raise ValueError(f'not a closed byte range: {value!r}')
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclasses.dataclass(frozen=True)
+class TarMember:
+    """Where a member's data lies in a tar file."""
+
+    name: str
+    offset: int
+    size: int
+
+
+def make_tar(path: Union[str, Path],
+             members: Sequence[Tuple[str, Union[Path, bytes]]]
+             ) -> Dict[str, TarMember]:
+    """Write an uncompressed tar file (GNU format, as GNU tar makes).
+
+    @members are (name, a file or the bytes to store), in order.  Return
+    each member's TarMember, whose offset is where its data starts.
+    """
+    with tarfile.open(path, 'w', format=tarfile.GNU_FORMAT) as tar:
+        for name, content in members:
+            if isinstance(content, bytes):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                tar.add(str(content), arcname=name, recursive=False)
+    with tarfile.open(path, 'r') as tar:
+        return {m.name: TarMember(m.name, m.offset_data, m.size)
+                for m in tar.getmembers()}
 
 
 def read_bytes(path: Union[str, Path], offset: int, length: int) -> bytes:
