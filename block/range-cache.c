@@ -47,6 +47,7 @@ void range_cache_init(RangeCache *rc, uint64_t length, uint64_t offset,
         .blocks = g_hash_table_new(g_int64_hash, g_int64_equal),
     };
     QTAILQ_INIT(&rc->lru);
+    QTAILQ_INIT(&rc->unread);
     qemu_co_queue_init(&rc->room_waiters);
 }
 
@@ -76,6 +77,7 @@ void range_cache_destroy(RangeCache *rc)
     g_hash_table_destroy(rc->blocks);
     rc->blocks = NULL;
     QTAILQ_INIT(&rc->lru);
+    QTAILQ_INIT(&rc->unread);
 }
 
 void range_cache_set_readahead(RangeCache *rc, unsigned blocks)
@@ -107,7 +109,8 @@ void range_cache_remote_range(const RangeCache *rc, const RangeCacheBlock *blk,
 
 static bool range_cache_has_room_locked(RangeCache *rc)
 {
-    return rc->nb_blocks < rc->capacity || !QTAILQ_EMPTY(&rc->lru);
+    return rc->nb_blocks < rc->capacity || !QTAILQ_EMPTY(&rc->lru) ||
+           !QTAILQ_EMPTY(&rc->unread);
 }
 
 /*
@@ -126,7 +129,11 @@ static void range_cache_make_evictable_locked(RangeCache *rc,
                                               RangeCacheBlock *blk)
 {
     assert(blk->refs == 0 && blk->state == RANGE_CACHE_READY);
-    QTAILQ_INSERT_TAIL(&rc->lru, blk, lru_next);
+    if (blk->prefetched) {
+        QTAILQ_INSERT_TAIL(&rc->unread, blk, lru_next);
+    } else {
+        QTAILQ_INSERT_TAIL(&rc->lru, blk, lru_next);
+    }
     range_cache_room_made_locked(rc);
 }
 
@@ -140,7 +147,9 @@ static RangeCacheBlock *range_cache_lookup_locked(RangeCache *rc,
         return NULL;
     }
     if (blk->state == RANGE_CACHE_READY) {
-        if (blk->refs == 0) {
+        if (blk->refs == 0 && blk->prefetched) {
+            QTAILQ_REMOVE(&rc->unread, blk, lru_next);
+        } else if (blk->refs == 0) {
             QTAILQ_REMOVE(&rc->lru, blk, lru_next);
         }
         rc->stats.hits++;
@@ -170,10 +179,13 @@ static void range_cache_unref_locked(RangeCache *rc, RangeCacheBlock *blk)
 
 /*
  * Find room for one more block: a new buffer while under capacity, else the
- * least recently used block, evicted.  Returns NULL when every block is in
- * use or being fetched.
+ * least recently used block, evicted.  A block that readahead fetched and
+ * nobody read yet is only evicted for a read, and only when no block that
+ * was read is left: readahead must not push out what it fetched before.
+ * Returns NULL when there is no such block.
  */
-static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc)
+static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc,
+                                                     bool prefetch)
 {
     RangeCacheBlock *blk;
     uint8_t *data;
@@ -190,10 +202,15 @@ static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc)
     }
 
     blk = QTAILQ_FIRST(&rc->lru);
-    if (!blk) {
-        return NULL;
+    if (blk) {
+        QTAILQ_REMOVE(&rc->lru, blk, lru_next);
+    } else {
+        blk = prefetch ? NULL : QTAILQ_FIRST(&rc->unread);
+        if (!blk) {
+            return NULL;
+        }
+        QTAILQ_REMOVE(&rc->unread, blk, lru_next);
     }
-    QTAILQ_REMOVE(&rc->lru, blk, lru_next);
     g_hash_table_remove(rc->blocks, &blk->index);
     rc->stats.evictions++;
     if (blk->prefetched) {
@@ -215,7 +232,7 @@ static RangeCacheBlock *range_cache_insert_locked(RangeCache *rc,
                                                   uint64_t index,
                                                   bool prefetch)
 {
-    RangeCacheBlock *blk = range_cache_take_room_locked(rc);
+    RangeCacheBlock *blk = range_cache_take_room_locked(rc, prefetch);
 
     if (!blk) {
         return NULL;

@@ -47,7 +47,7 @@ typedef struct RangeCacheBlock {
     void *opaque;
     QSIMPLEQ_ENTRY(RangeCacheBlock) fetch_next;
 
-    /* In RangeCache.lru while ready and unreferenced */
+    /* In RangeCache.lru or .unread while ready and unreferenced */
     QTAILQ_ENTRY(RangeCacheBlock) lru_next;
 } RangeCacheBlock;
 
@@ -114,7 +114,13 @@ typedef struct RangeCache {
 
     GHashTable *blocks;         /* index -> fetching or ready block */
     unsigned nb_blocks;         /* blocks holding a buffer, failed ones too */
-    QTAILQ_HEAD(, RangeCacheBlock) lru; /* evictable, least recent first */
+    /*
+     * Evictable blocks, least recently used first: those that were read,
+     * and those that readahead fetched and nobody read yet.  The latter go
+     * last: they are about to be read.
+     */
+    QTAILQ_HEAD(, RangeCacheBlock) lru;
+    QTAILQ_HEAD(, RangeCacheBlock) unread;
     CoQueue room_waiters;       /* reads waiting for a block to be evictable */
 
     /* Readahead */
