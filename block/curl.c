@@ -302,6 +302,15 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     curl_setopt(easy, CURLOPT_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
     curl_setopt(easy, CURLOPT_REDIR_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
 #endif
+    /*
+     * One transfer per connection, even where HTTP/2 is offered: links cap
+     * each connection's rate (CDNs do, per flow), and libcurl would
+     * multiplex every transfer over one or two of them.  Measured with a
+     * 40 ms, 10 MB/s per connection link, converting a qcow2 took ten
+     * times longer over HTTP/2 (docs/bench/results.md).
+     */
+    curl_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1,
+                errp);
     curl_setopt(easy, CURLOPT_SSL_VERIFYPEER, (long)s->sslverify, errp);
     curl_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L, errp);
     /*
