@@ -1048,6 +1048,31 @@ static bool curl_get_secret(QemuOpts *opts, const char *secret_opt,
     return true;
 }
 
+/*
+ * Refuse the value of option @name: "@rule, not VALUE", with the value as
+ * the user gave it.  Over QMP a negative number for an unsigned option
+ * arrives wrapped around; it is shown as the negative number it was.
+ */
+static bool G_GNUC_PRINTF(4, 5)
+curl_bad_value(QemuOpts *opts, const char *name, Error **errp,
+               const char *rule, ...)
+{
+    const char *value = qemu_opt_get(opts, name);
+    g_autofree char *text = NULL;
+    uint64_t n;
+    va_list ap;
+
+    va_start(ap, rule);
+    text = g_strdup_vprintf(rule, ap);
+    va_end(ap);
+    if (value && !qemu_strtou64(value, NULL, 10, &n) && n > INT64_MAX) {
+        error_setg(errp, "%s, not %" PRId64, text, (int64_t)n);
+    } else {
+        error_setg(errp, "%s, not %s", text, value);
+    }
+    return false;
+}
+
 /* How big the blocks and the cache are, and how we fetch */
 static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
                                      Error **errp)
@@ -1059,31 +1084,29 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
     if (!is_power_of_2(s->blocksize) ||
         s->blocksize < RANGE_CACHE_MIN_BLOCK_SIZE ||
         s->blocksize > RANGE_CACHE_MAX_BLOCK_SIZE) {
-        error_setg(errp, "blocksize must be a power of two between 4 KiB "
-                   "and 64 MiB, not %s",
-                   qemu_opt_get(opts, CURL_OPT_BLOCKSIZE));
-        return false;
+        return curl_bad_value(opts, CURL_OPT_BLOCKSIZE, errp,
+                              "blocksize must be a power of two between "
+                              "4 KiB and 64 MiB");
     }
 
     /* By default, the cache has the same size whatever the block size */
     blockcount = qemu_opt_get_number(opts, CURL_OPT_BLOCKCOUNT,
                                      MAX(2, CURL_DEFAULT_CACHE / s->blocksize));
     if (blockcount < 1 || blockcount > CURL_MAX_CACHE / s->blocksize) {
-        error_setg(errp, "blockcount must be between 1 and %" PRIu64
-                   " with a blocksize of %" PRIu64 " (the cache may take at "
-                   "most 1 GiB), not %s", CURL_MAX_CACHE / s->blocksize,
-                   s->blocksize, qemu_opt_get(opts, CURL_OPT_BLOCKCOUNT));
-        return false;
+        return curl_bad_value(opts, CURL_OPT_BLOCKCOUNT, errp,
+                              "blockcount must be between 1 and %" PRIu64
+                              " with a blocksize of %" PRIu64 " (the cache "
+                              "may take at most 1 GiB)",
+                              CURL_MAX_CACHE / s->blocksize, s->blocksize);
     }
     s->blockcount = blockcount;
 
     connections = qemu_opt_get_number(opts, CURL_OPT_CONNECTIONS,
                                       CURL_DEFAULT_CONNECTIONS);
     if (connections < 1 || connections > CURL_MAX_CONNECTIONS) {
-        error_setg(errp, "connections must be between 1 and %d, not %s",
-                   CURL_MAX_CONNECTIONS,
-                   qemu_opt_get(opts, CURL_OPT_CONNECTIONS));
-        return false;
+        return curl_bad_value(opts, CURL_OPT_CONNECTIONS, errp,
+                              "connections must be between 1 and %d",
+                              CURL_MAX_CONNECTIONS);
     }
     s->connections = connections;
 
@@ -1092,10 +1115,9 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
     s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD,
                                      MIN(CURL_DEFAULT_READAHEAD, room));
     if (s->readahead > room) {
-        error_setg(errp, "readahead must be at most (blockcount - 1) * "
-                   "blocksize = %" PRIu64 " bytes, not %s", room,
-                   qemu_opt_get(opts, CURL_OPT_READAHEAD));
-        return false;
+        return curl_bad_value(opts, CURL_OPT_READAHEAD, errp,
+                              "readahead must be at most (blockcount - 1) * "
+                              "blocksize = %" PRIu64 " bytes", room);
     }
 
     s->offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
@@ -1131,8 +1153,9 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
     s->timeout = qemu_opt_get_number(opts, CURL_OPT_TIMEOUT,
                                      CURL_DEFAULT_TIMEOUT);
     if (s->timeout > CURL_MAX_TIMEOUT) {
-        error_setg(errp, "timeout must be between 0 and %d seconds, not %s",
-                   CURL_MAX_TIMEOUT, qemu_opt_get(opts, CURL_OPT_TIMEOUT));
+        curl_bad_value(opts, CURL_OPT_TIMEOUT, errp,
+                       "timeout must be between 0 and %d seconds",
+                       CURL_MAX_TIMEOUT);
         goto out;
     }
     s->sslverify = qemu_opt_get_bool(opts, CURL_OPT_SSLVERIFY, true);
