@@ -23,44 +23,15 @@ REFRESH=${REFRESH:-0}   # 1: ask the mirror again for a newer 10.0.x
 say() { echo "fetch-base: $*" >&2; }
 die() { echo "fetch-base: error: $*" >&2; exit 1; }
 
-command -v apt-get >/dev/null || die "apt-get not found: a Debian system is needed (or use ./configure --qemu-src=DIR)"
-command -v dpkg-source >/dev/null || die "dpkg-source not found: apt-get install dpkg-dev"
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-[ -r "$keyring" ] || die "$keyring missing: apt-get install debian-archive-keyring"
-
-# Reuse the mirrors the system already uses instead of hard-coding them.
-mirror_for() {
-    # $1: a pattern the URI must match (e.g. 'debian-security' or '/debian$')
-    { cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs:[[:space:]]*//p' | tr ' ' '\n'
-      cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-          sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\{0,1\}\([^[:space:]]*\).*/\2/p'
-    } | sed 's,/*$,,' | grep -E "$1" | head -n 1
-}
-MIRROR=${MIRROR:-$(mirror_for '/debian$')}
-SECMIRROR=${SECMIRROR:-$(mirror_for '/debian-security$')}
-[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
-[ -n "$SECMIRROR" ] || SECMIRROR=http://deb.debian.org/debian-security
-
-d=$CACHE/apt
-mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$CACHE/base"
-cat > "$d/sources.list" <<SRC
-deb-src [signed-by=$keyring] $MIRROR trixie main
-deb-src [signed-by=$keyring] $SECMIRROR trixie-security main
-deb [signed-by=$keyring] $MIRROR trixie main
-SRC
-APT_OPTS="-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/dev/null
- -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache
- -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
- -o APT::Sandbox::User=root -o Debug::NoLocking=1"
+# shellcheck source=scripts/trixie-apt.sh
+. "$(dirname "$0")/trixie-apt.sh"
+mkdir -p "$CACHE/base"
 
 if [ "$what" = meson ]; then
     mdir=$CACHE/meson
     if [ ! -d "$mdir/usr/lib/python3/dist-packages/mesonbuild" ]; then
         say "downloading Debian 13's meson"
-        if ! ls "$d/lists/"*_Packages* >/dev/null 2>&1; then
-            # shellcheck disable=SC2086
-            apt-get $APT_OPTS -qq update >&2 || die "apt-get update with the private trixie sources failed"
-        fi
+        trixie_apt_update_once
         rm -rf "$mdir" "$mdir.tmp"
         mkdir -p "$mdir.tmp"
         # shellcheck disable=SC2086
@@ -80,8 +51,7 @@ stamp=$CACHE/base/version
 tree_of() { echo "$CACHE/base/tree-${1#*:}"; }
 if [ "$REFRESH" = 1 ] || [ ! -s "$stamp" ] || [ ! -f "$(tree_of "$(cat "$stamp")")/.complete" ]; then
     say "asking $MIRROR for Debian 13's QEMU source package"
-    # shellcheck disable=SC2086
-    apt-get $APT_OPTS -qq update >&2 || die "apt-get update with the private trixie sources failed"
+    REFRESH=1 trixie_apt_update_once
     # shellcheck disable=SC2086
     ver=$(apt-cache $APT_OPTS showsrc qemu | sed -n 's/^Version: //p' |
           grep -E '^1:10\.0\.' | sort -V | tail -n 1)
