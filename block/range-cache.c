@@ -46,6 +46,7 @@ void range_cache_init(RangeCache *rc, uint64_t length, uint64_t offset,
         .lock = lock,
         .blocks = g_hash_table_new(g_int64_hash, g_int64_equal),
     };
+    QTAILQ_INIT(&rc->streamed);
     QTAILQ_INIT(&rc->lru);
     QTAILQ_INIT(&rc->unread);
     qemu_co_queue_init(&rc->room_waiters);
@@ -76,6 +77,7 @@ void range_cache_destroy(RangeCache *rc)
     assert(rc->nb_blocks == 0);
     g_hash_table_destroy(rc->blocks);
     rc->blocks = NULL;
+    QTAILQ_INIT(&rc->streamed);
     QTAILQ_INIT(&rc->lru);
     QTAILQ_INIT(&rc->unread);
 }
@@ -109,8 +111,8 @@ void range_cache_remote_range(const RangeCache *rc, const RangeCacheBlock *blk,
 
 static bool range_cache_has_room_locked(RangeCache *rc)
 {
-    return rc->nb_blocks < rc->capacity || !QTAILQ_EMPTY(&rc->lru) ||
-           !QTAILQ_EMPTY(&rc->unread);
+    return rc->nb_blocks < rc->capacity || !QTAILQ_EMPTY(&rc->streamed) ||
+           !QTAILQ_EMPTY(&rc->lru) || !QTAILQ_EMPTY(&rc->unread);
 }
 
 /*
@@ -124,16 +126,22 @@ static void range_cache_room_made_locked(RangeCache *rc)
     qemu_co_enter_next(&rc->room_waiters, rc->lock);
 }
 
+/* The eviction list of a block */
+static RangeCacheBlockList *range_cache_list_of(RangeCache *rc,
+                                                RangeCacheBlock *blk)
+{
+    if (blk->prefetched) {
+        return &rc->unread;
+    }
+    return blk->streamed ? &rc->streamed : &rc->lru;
+}
+
 /* A block nobody uses may be evicted: it goes to the most recent end. */
 static void range_cache_make_evictable_locked(RangeCache *rc,
                                               RangeCacheBlock *blk)
 {
     assert(blk->refs == 0 && blk->state == RANGE_CACHE_READY);
-    if (blk->prefetched) {
-        QTAILQ_INSERT_TAIL(&rc->unread, blk, lru_next);
-    } else {
-        QTAILQ_INSERT_TAIL(&rc->lru, blk, lru_next);
-    }
+    QTAILQ_INSERT_TAIL(range_cache_list_of(rc, blk), blk, lru_next);
     range_cache_room_made_locked(rc);
 }
 
@@ -147,10 +155,8 @@ static RangeCacheBlock *range_cache_lookup_locked(RangeCache *rc,
         return NULL;
     }
     if (blk->state == RANGE_CACHE_READY) {
-        if (blk->refs == 0 && blk->prefetched) {
-            QTAILQ_REMOVE(&rc->unread, blk, lru_next);
-        } else if (blk->refs == 0) {
-            QTAILQ_REMOVE(&rc->lru, blk, lru_next);
+        if (blk->refs == 0) {
+            QTAILQ_REMOVE(range_cache_list_of(rc, blk), blk, lru_next);
         }
         rc->stats.hits++;
         range_cache_event(rc, RANGE_CACHE_HIT, index, 0);
@@ -179,9 +185,9 @@ static void range_cache_unref_locked(RangeCache *rc, RangeCacheBlock *blk)
 
 /*
  * Find room for one more block: a new buffer while under capacity, else the
- * least recently used block, evicted.  A block that readahead fetched and
- * nobody read yet is only evicted for a read, and only when no block that
- * was read is left: readahead must not push out what it fetched before.
+ * least recently used block of the first eviction list that has one (see
+ * RangeCache).  A block that readahead fetched and nobody read yet is only
+ * evicted for a read: readahead must not push out what it fetched before.
  * Returns NULL when there is no such block.
  */
 static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc,
@@ -201,16 +207,14 @@ static RangeCacheBlock *range_cache_take_room_locked(RangeCache *rc,
         /* Out of memory: make do with the blocks we have */
     }
 
-    blk = QTAILQ_FIRST(&rc->lru);
-    if (blk) {
-        QTAILQ_REMOVE(&rc->lru, blk, lru_next);
-    } else {
-        blk = prefetch ? NULL : QTAILQ_FIRST(&rc->unread);
-        if (!blk) {
-            return NULL;
-        }
-        QTAILQ_REMOVE(&rc->unread, blk, lru_next);
+    blk = QTAILQ_FIRST(&rc->streamed) ?: QTAILQ_FIRST(&rc->lru);
+    if (!blk && !prefetch) {
+        blk = QTAILQ_FIRST(&rc->unread);
     }
+    if (!blk) {
+        return NULL;
+    }
+    QTAILQ_REMOVE(range_cache_list_of(rc, blk), blk, lru_next);
     g_hash_table_remove(rc->blocks, &blk->index);
     rc->stats.evictions++;
     if (blk->prefetched) {
@@ -329,20 +333,20 @@ static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
  * Called once for every read, of the bytes from @pos to @end.  From the
  * second read of a stream on, make sure the blocks after it are cached or
  * being fetched, as far as there is room: random reads fetch nothing ahead.
+ * Returns whether the read is part of a stream.
  */
-static void range_cache_readahead_locked(RangeCache *rc, uint64_t pos,
+static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
                                          uint64_t end)
 {
-    RangeCacheStream *st;
+    RangeCacheStream *st = range_cache_find_stream_locked(rc, pos, end);
     uint64_t index, last, first = 0;
     unsigned started = 0;
 
-    if (!rc->readahead) {
-        return;
-    }
-    st = range_cache_find_stream_locked(rc, pos, end);
     if (!st || st->reads < 2) {
-        return;
+        return false;
+    }
+    if (!rc->readahead) {
+        return true;
     }
 
     index = range_cache_block_index(rc, st->end - 1) + 1;
@@ -361,6 +365,7 @@ static void range_cache_readahead_locked(RangeCache *rc, uint64_t pos,
     if (started) {
         range_cache_event(rc, RANGE_CACHE_READAHEAD, first, started);
     }
+    return true;
 }
 
 /*
@@ -399,6 +404,7 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
     uint64_t pos = offset;
     g_autofree RangeCacheBlock **held = NULL;
     bool first_batch = true;
+    bool streaming = false;
     int ret = 0;
 
     if (offset + bytes > end) {
@@ -429,7 +435,7 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
             qemu_co_queue_next(&rc->room_waiters);
         }
         if (first_batch) {
-            range_cache_readahead_locked(rc, offset, end);
+            streaming = range_cache_note_read_locked(rc, offset, end);
             first_batch = false;
         }
 
@@ -444,6 +450,7 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
                     pos += copied;
                 }
             }
+            held[i]->streamed = streaming;
             range_cache_unref_locked(rc, held[i]);
         }
     }

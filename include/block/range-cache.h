@@ -41,15 +41,18 @@ typedef struct RangeCacheBlock {
     uint8_t *data;              /* room for a whole block */
     unsigned refs;              /* readers using it; never evicted while > 0 */
     bool prefetched;            /* fetched by readahead and not read since */
+    bool streamed;              /* last read by a sequential stream */
     CoQueue waiters;            /* readers waiting for the fetch to end */
 
     /* Free for the fetcher while the block is being fetched */
     void *opaque;
     QSIMPLEQ_ENTRY(RangeCacheBlock) fetch_next;
 
-    /* In RangeCache.lru or .unread while ready and unreferenced */
+    /* In one of RangeCache's eviction lists while ready and unreferenced */
     QTAILQ_ENTRY(RangeCacheBlock) lru_next;
 } RangeCacheBlock;
+
+typedef QTAILQ_HEAD(, RangeCacheBlock) RangeCacheBlockList;
 
 /* What the cache did, reported to RangeCacheOps.event */
 typedef enum RangeCacheEvent {
@@ -115,12 +118,15 @@ typedef struct RangeCache {
     GHashTable *blocks;         /* index -> fetching or ready block */
     unsigned nb_blocks;         /* blocks holding a buffer, failed ones too */
     /*
-     * Evictable blocks, least recently used first: those that were read,
-     * and those that readahead fetched and nobody read yet.  The latter go
-     * last: they are about to be read.
+     * Evictable blocks, least recently used first, in the order they go:
+     * those that a sequential stream read through (it will not come back
+     * to them), those read otherwise (a format driver's metadata, which it
+     * may read again), and those that readahead fetched and nobody read
+     * yet (they are about to be read).
      */
-    QTAILQ_HEAD(, RangeCacheBlock) lru;
-    QTAILQ_HEAD(, RangeCacheBlock) unread;
+    RangeCacheBlockList streamed;
+    RangeCacheBlockList lru;
+    RangeCacheBlockList unread;
     CoQueue room_waiters;       /* reads waiting for a block to be evictable */
 
     /* Readahead */

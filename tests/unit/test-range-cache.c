@@ -325,6 +325,27 @@ static void test_lru_order(void)
     test_cache_free(tc);
 }
 
+/*
+ * A sequential stream evicts the blocks it read through before others: a
+ * block read elsewhere (a format driver's metadata) is still there when the
+ * stream reaches it.
+ */
+static void test_lru_streamed_first(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 4);
+    g_autofree char *ev = NULL;
+    uint64_t i;
+
+    test_read_sync(tc, 50 * BS + 10, 100);
+    for (i = 0; i <= 50; i++) {
+        test_read_sync(tc, i * BS, BS);
+    }
+    g_assert_cmpuint(tc->fetches, ==, 51);
+    ev = test_events(tc);
+    g_assert_nonnull(strstr(ev, "m49 h50"));
+    test_cache_free(tc);
+}
+
 /* Readers of a block being fetched wait for that one fetch */
 static void test_waiters(void)
 {
@@ -674,6 +695,8 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/read/larger-than-cache",
                     test_read_larger_than_cache);
     g_test_add_func("/range-cache/lru-order", test_lru_order);
+    g_test_add_func("/range-cache/lru-streamed-first",
+                    test_lru_streamed_first);
     g_test_add_func("/range-cache/waiters", test_waiters);
     g_test_add_func("/range-cache/failed-block", test_failed_block);
     g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
