@@ -110,6 +110,7 @@ typedef struct CURLTransfer {
     BDRVCURLState *s;
     CURL *easy;
     RangeCacheBlock *blk;       /* NULL while idle */
+    bool prefetch;              /* blk was readahead when the fetch began */
     uint64_t first;             /* remote byte range of blk, inclusive */
     uint64_t last;
     uint64_t received;          /* body bytes written to blk->data */
@@ -164,6 +165,7 @@ struct BDRVCURLState {
     CURLFetchQueue prefetch_queue;  /* blocks for readahead */
     CURLTransfer *transfers;    /* 'connections' of them */
     unsigned active;            /* transfers running */
+    unsigned prefetching;       /* of which for readahead */
     bool error_reported;        /* stderr has a failure since a success */
 
     /* Statistics, traced at close; protected by mutex */
@@ -599,6 +601,23 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
     return !*errp;
 }
 
+/* Give @t the block to fetch, or take it back */
+static void curl_transfer_bind_locked(CURLTransfer *t, RangeCacheBlock *blk)
+{
+    t->blk = blk;
+    t->prefetch = blk->prefetched;
+    t->s->active++;
+    t->s->prefetching += t->prefetch;
+}
+
+static void curl_transfer_unbind_locked(CURLTransfer *t)
+{
+    t->s->active--;
+    t->s->prefetching -= t->prefetch;
+    t->blk = NULL;
+    t->attempt = 0;
+}
+
 /* Ask for the remote bytes of t->blk */
 static int curl_transfer_submit_locked(CURLTransfer *t)
 {
@@ -724,9 +743,7 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
         }
     }
 
-    t->blk = NULL;
-    t->attempt = 0;
-    s->active--;
+    curl_transfer_unbind_locked(t);
     if (ret < 0) {
         curl_report_failure_locked(s, t, ret);
     } else {
@@ -736,19 +753,35 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     range_cache_complete_locked(&s->cache, blk, ret);
 }
 
-static RangeCacheBlock *curl_dequeue_locked(BDRVCURLState *s)
+/*
+ * Readahead may use every connection but one, which stays free for a read
+ * that misses the cache: otherwise that read (the metadata a format driver
+ * looks up, say) waits for a readahead transfer to end.  With a link that
+ * caps each connection, fifteen of sixteen still fill it.
+ */
+static bool curl_may_prefetch_locked(BDRVCURLState *s)
+{
+    return s->prefetching < MAX(1, s->connections - 1);
+}
+
+/* The next block to fetch, if one may start now; any queued one if @all */
+static RangeCacheBlock *curl_dequeue_locked(BDRVCURLState *s, bool all)
 {
     RangeCacheBlock *blk = QSIMPLEQ_FIRST(&s->fetch_queue);
 
     if (blk) {
         QSIMPLEQ_REMOVE_HEAD(&s->fetch_queue, fetch_next);
-    } else {
-        blk = QSIMPLEQ_FIRST(&s->prefetch_queue);
-        if (blk) {
-            QSIMPLEQ_REMOVE_HEAD(&s->prefetch_queue, fetch_next);
+        return blk;
+    }
+    QSIMPLEQ_FOREACH(blk, &s->prefetch_queue, fetch_next) {
+        /* A block that a read waits for is no longer readahead */
+        if (all || !blk->prefetched || curl_may_prefetch_locked(s)) {
+            QSIMPLEQ_REMOVE(&s->prefetch_queue, blk, RangeCacheBlock,
+                            fetch_next);
+            return blk;
         }
     }
-    return blk;
+    return NULL;
 }
 
 /* Start queued fetches, those that reads wait for first, while we may */
@@ -758,24 +791,23 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
 
     if (!s->multi) {
         /* attach could not create it: fail rather than wait forever */
-        while ((blk = curl_dequeue_locked(s))) {
+        while ((blk = curl_dequeue_locked(s, true))) {
             range_cache_complete_locked(&s->cache, blk, -ENOMEM);
         }
         return;
     }
-    while (s->active < s->connections && (blk = curl_dequeue_locked(s))) {
+    while (s->active < s->connections &&
+           (blk = curl_dequeue_locked(s, false))) {
         CURLTransfer *t = s->transfers;
         int ret;
 
         while (t->blk) {
             t++;
         }
-        t->blk = blk;
-        s->active++;
+        curl_transfer_bind_locked(t, blk);
         ret = curl_transfer_submit_locked(t);
         if (ret < 0) {
-            t->blk = NULL;
-            s->active--;
+            curl_transfer_unbind_locked(t);
             curl_report_failure_locked(s, t, ret);
             range_cache_complete_locked(&s->cache, blk, ret);
         }
@@ -925,9 +957,7 @@ static void curl_detach_aio_context(BlockDriverState *bs)
                 curl_multi_remove_handle(s->multi, t->easy);
                 QSIMPLEQ_INSERT_HEAD(t->blk->prefetched ? &s->prefetch_queue :
                                      &s->fetch_queue, t->blk, fetch_next);
-                t->blk = NULL;
-                t->attempt = 0;
-                s->active--;
+                curl_transfer_unbind_locked(t);
             }
         }
         QLIST_FOREACH_SAFE(sock, &s->sockets, next, next_sock) {
@@ -1526,7 +1556,7 @@ static void curl_close(BlockDriverState *bs)
 
     /* Reads are drained: what is still queued is readahead */
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
-        while ((blk = curl_dequeue_locked(s))) {
+        while ((blk = curl_dequeue_locked(s, true))) {
             range_cache_complete_locked(&s->cache, blk, -ECANCELED);
         }
     }
