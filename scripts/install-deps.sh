@@ -10,7 +10,7 @@ BUILD_PKGS="build-essential ninja-build pkg-config dpkg-dev debian-archive-keyri
 # The test harness: nginx over HTTPS, an FTP server, certificates.
 TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux"
 # The benchmark: reference downloaders and the plot.
-BENCH_PKGS="aria2 gnuplot-nox autoconf automake libtool libgnutls28-dev"
+BENCH_PKGS="aria2 gnuplot-nox time autoconf automake libtool libgnutls28-dev"
 
 case "${1:-test}" in
 build) pkgs=$BUILD_PKGS ;;
