@@ -251,7 +251,7 @@ class DriverQemuTest(E2ETestCase):
         self.assertSameGuestData(uri, 'raw', self.pattern)
         self.check_block_ranges(member.offset, 64 * KiB, 4)
 
-        qsd.cmd('block-export-del', id='exp0')
+        qsd.cmd('block-export-del', id='exp0', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
         qsd.cmd('blockdev-del', node_name='fmt0')
         qsd.cmd('blockdev-del', node_name='proto0')
@@ -410,7 +410,7 @@ class DriverQemuTest(E2ETestCase):
                          [(k * 64 * KiB, (k + 1) * 64 * KiB - 1)
                           for k in range(1, 5)])
         start = time.monotonic()
-        qsd.cmd('block-export-del', id='exp0')
+        qsd.cmd('block-export-del', id='exp0', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
         qsd.cmd('blockdev-del', node_name='fmt0')
         qsd.cmd('blockdev-del', node_name='proto0')
@@ -438,7 +438,7 @@ class DriverQemuTest(E2ETestCase):
         fixtures.wait_for(lambda: len(self.stalled_gets()) >= 4, 10,
                           'four stalled prefetches')
         start = time.monotonic()
-        qsd.cmd('block-export-del', id='exp0')
+        qsd.cmd('block-export-del', id='exp0', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
         # Exporting the node from io0 moves it to io0's AioContext
         qsd.cmd('block-export-add', type='nbd', id='exp1', node_name='fmt0',
@@ -455,7 +455,7 @@ class DriverQemuTest(E2ETestCase):
         for block in stalled:
             self.assertIn(block, again, 'a stalled block was not fetched '
                           'again after the move')
-        qsd.cmd('block-export-del', id='exp1')
+        qsd.cmd('block-export-del', id='exp1', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp1'})
         qsd.cmd('blockdev-del', node_name='fmt0')
         qsd.cmd('blockdev-del', node_name='proto0')

@@ -63,7 +63,8 @@ class StorageDaemonTest(E2ETestCase):
         self.assertSameGuestData(fixtures.nbd_unix_uri('disk', sock), 'raw',
                                  self.images.raw)
 
-        qsd.cmd('block-export-del', id='exp0')
+        # The client is gone, but the export may not have seen it leave yet
+        qsd.cmd('block-export-del', id='exp0', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
         self.assertEqual(qsd.cmd('query-block-exports'), [])
         qsd.cmd('blockdev-del', node_name='fmt0')
