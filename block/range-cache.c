@@ -130,10 +130,27 @@ static void range_cache_room_made_locked(RangeCache *rc)
 static RangeCacheBlockList *range_cache_list_of(RangeCache *rc,
                                                 RangeCacheBlock *blk)
 {
-    if (blk->prefetched) {
+    if (blk->prefetched || blk->ahead) {
         return &rc->unread;
     }
     return blk->streamed ? &rc->streamed : &rc->lru;
+}
+
+/*
+ * Readahead found @blk cached: a stream is about to read it, so keep it
+ * as long as a block readahead fetched.  (Say a format driver read its
+ * metadata there first: evicting it now would fetch it again soon.)
+ */
+static void range_cache_keep_ahead_locked(RangeCache *rc,
+                                          RangeCacheBlock *blk)
+{
+    if (blk->refs > 0 || blk->state != RANGE_CACHE_READY ||
+        blk->prefetched || blk->ahead) {
+        return;     /* being read or fetched, or kept already */
+    }
+    QTAILQ_REMOVE(range_cache_list_of(rc, blk), blk, lru_next);
+    blk->ahead = true;
+    QTAILQ_INSERT_TAIL(&rc->unread, blk, lru_next);
 }
 
 /* A block nobody uses may be evicted: it goes to the most recent end. */
@@ -166,6 +183,7 @@ static RangeCacheBlock *range_cache_lookup_locked(RangeCache *rc,
     }
     blk->refs++;
     blk->prefetched = false;
+    blk->ahead = false;
     return blk;
 }
 
@@ -287,21 +305,24 @@ static unsigned range_cache_acquire_locked(RangeCache *rc, uint64_t pos,
 }
 
 /*
- * Which stream a read of the bytes from @pos to @end continues: one that it
- * makes longer, starting in the stream's last block or the one after it.
- * Concurrent readers of a stream (qemu-img convert runs several) arrive a
- * little out of order; a read that falls behind the end of a stream
- * neither continues nor breaks it.  Returns NULL for a read elsewhere,
- * after making it the start of a new stream, and for a read behind.
+ * Which stream a read of the bytes from @pos to @end belongs to: one that
+ * it makes longer (*@longer is then true), starting in the stream's last
+ * block or the one after it, or one that it falls behind.  Concurrent
+ * readers of a stream (qemu-img convert runs several) arrive a little out
+ * of order; a read behind the end of a stream neither continues nor breaks
+ * it.  Returns NULL for a read elsewhere, after making it the start of a
+ * new stream, and for a read behind a stream of one read (a random read,
+ * read again).
  */
 static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
                                                         uint64_t pos,
-                                                        uint64_t end)
+                                                        uint64_t end,
+                                                        bool *longer)
 {
     uint64_t first = range_cache_block_index(rc, pos);
-    RangeCacheStream *st, *oldest = NULL;
-    bool behind = false;
+    RangeCacheStream *st, *oldest = NULL, *behind = NULL;
 
+    *longer = false;
     for (st = rc->streams; st < rc->streams + RANGE_CACHE_STREAMS; st++) {
         uint64_t last = range_cache_block_index(rc, st->end - 1);
 
@@ -310,16 +331,17 @@ static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
                 st->end = end;
                 st->reads++;
                 st->used = ++rc->stream_clock;
+                *longer = true;
                 return st;
             }
-            behind = true;              /* or read again */
+            behind = st;                /* or read again */
         }
         if (!oldest || (oldest->reads && st->used < oldest->used)) {
             oldest = st;
         }
     }
     if (behind) {
-        return NULL;
+        return behind->reads > 1 ? behind : NULL;
     }
     *oldest = (RangeCacheStream) {
         .end = end,
@@ -331,28 +353,34 @@ static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
 
 /*
  * Called once for every read, of the bytes from @pos to @end.  From the
- * second read of a stream on, make sure the blocks after it are cached or
- * being fetched, as far as there is room: random reads fetch nothing ahead.
- * Returns whether the read is part of a stream.
+ * second read of a stream on, a read that makes the stream longer makes
+ * sure the blocks after it are cached or being fetched, as far as there is
+ * room: random reads fetch nothing ahead.  Returns whether the read is part
+ * of a stream of two reads or more.
  */
 static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
                                          uint64_t end)
 {
-    RangeCacheStream *st = range_cache_find_stream_locked(rc, pos, end);
+    bool longer;
+    RangeCacheStream *st = range_cache_find_stream_locked(rc, pos, end,
+                                                          &longer);
     uint64_t index, last, first = 0;
     unsigned started = 0;
 
     if (!st || st->reads < 2) {
         return false;
     }
-    if (!rc->readahead) {
+    if (!longer || !rc->readahead) {
         return true;
     }
 
     index = range_cache_block_index(rc, st->end - 1) + 1;
     last = MIN(index + rc->readahead, range_cache_nb_image_blocks(rc)) - 1;
     for (; index <= last; index++) {
-        if (g_hash_table_contains(rc->blocks, &index)) {
+        RangeCacheBlock *blk = g_hash_table_lookup(rc->blocks, &index);
+
+        if (blk) {
+            range_cache_keep_ahead_locked(rc, blk);
             continue;
         }
         if (!range_cache_insert_locked(rc, index, true)) {

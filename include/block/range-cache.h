@@ -41,6 +41,7 @@ typedef struct RangeCacheBlock {
     uint8_t *data;              /* room for a whole block */
     unsigned refs;              /* readers using it; never evicted while > 0 */
     bool prefetched;            /* fetched by readahead and not read since */
+    bool ahead;                 /* readahead found it cached; not read since */
     bool streamed;              /* last read by a sequential stream */
     CoQueue waiters;            /* readers waiting for the fetch to end */
 
@@ -121,8 +122,9 @@ typedef struct RangeCache {
      * Evictable blocks, least recently used first, in the order they go:
      * those that a sequential stream read through (it will not come back
      * to them), those read otherwise (a format driver's metadata, which it
-     * may read again), and those that readahead fetched and nobody read
-     * yet (they are about to be read).
+     * may read again), and those that readahead fetched, or would have
+     * fetched had they not been cached, and nobody read since (they are
+     * about to be read).
      */
     RangeCacheBlockList streamed;
     RangeCacheBlockList lru;

@@ -346,6 +346,72 @@ static void test_lru_streamed_first(void)
     test_cache_free(tc);
 }
 
+/*
+ * A block that readahead finds cached is kept like one that it fetched:
+ * after blocks read through by the stream and blocks read otherwise.
+ */
+static void test_readahead_keeps_cached(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 7);
+    uint64_t five = 5;
+    RangeCacheBlock *blk;
+    g_autofree char *ev1 = NULL;
+    g_autofree char *ev2 = NULL;
+    g_autofree char *ev3 = NULL;
+
+    range_cache_set_readahead(&tc->rc, 4);
+    test_read_sync(tc, 0, BS);                  /* a stream starts */
+    test_read_sync(tc, 5 * BS + 10, 100);       /* metadata, say */
+    test_read_sync(tc, BS, BS);                 /* readahead of 2..5 */
+    ev1 = test_events(tc);
+    g_assert_cmpstr(ev1, ==, "m0 m5 m1 r2");
+    blk = g_hash_table_lookup(tc->rc.blocks, &five);
+    g_assert_true(blk && blk->ahead);
+
+    /* Random reads evict block 1 (streamed), then 0 and 20 (read) */
+    test_read_sync(tc, 20 * BS, 100);
+    test_read_sync(tc, 30 * BS, 100);
+    test_read_sync(tc, 40 * BS, 100);
+    test_read_sync(tc, 50 * BS, 100);
+    ev2 = test_events(tc);
+    g_assert_cmpstr(ev2, ==, "m20 e1 m30 e0 m40 e20 m50");
+
+    test_read_sync(tc, 5 * BS, BS);
+    ev3 = test_events(tc);
+    g_assert_cmpstr(ev3, ==, "h5");
+    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
+    test_cache_free(tc);
+}
+
+/*
+ * Readers of a stream arrive out of order: a read behind the stream's end
+ * is still part of the stream, and its block is evicted before others.
+ */
+static void test_lru_streamed_out_of_order(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 6);
+    g_autofree char *ev1 = NULL;
+    g_autofree char *ev2 = NULL;
+
+    test_read_sync(tc, 10 * BS, 100);           /* metadata, say */
+    test_read_sync(tc, 0, BS);
+    test_read_sync(tc, BS, BS);
+    test_read_sync(tc, 2 * BS + BS / 2, BS / 2);
+    test_read_sync(tc, 2 * BS, BS / 2);         /* behind */
+    test_read_sync(tc, 3 * BS, BS);
+    ev1 = test_events(tc);
+    g_assert_cmpstr(ev1, ==, "m10 m0 m1 m2 h2 m3");
+
+    test_read_sync(tc, 20 * BS, 100);
+    test_read_sync(tc, 30 * BS, 100);
+    test_read_sync(tc, 40 * BS, 100);
+    test_read_sync(tc, 50 * BS, 100);
+    test_read_sync(tc, 10 * BS, 100);
+    ev2 = test_events(tc);
+    g_assert_cmpstr(ev2, ==, "m20 e1 m30 e2 m40 e3 m50 h10");
+    test_cache_free(tc);
+}
+
 /* Readers of a block being fetched wait for that one fetch */
 static void test_waiters(void)
 {
@@ -697,6 +763,10 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/lru-order", test_lru_order);
     g_test_add_func("/range-cache/lru-streamed-first",
                     test_lru_streamed_first);
+    g_test_add_func("/range-cache/lru-streamed-out-of-order",
+                    test_lru_streamed_out_of_order);
+    g_test_add_func("/range-cache/readahead/keeps-cached",
+                    test_readahead_keeps_cached);
     g_test_add_func("/range-cache/waiters", test_waiters);
     g_test_add_func("/range-cache/failed-block", test_failed_block);
     g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
