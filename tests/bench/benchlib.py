@@ -766,20 +766,23 @@ def trace_args() -> List[str]:
 def parse_trace(text: str) -> Dict[str, Any]:
     """Summarize the new driver's trace (the curl_close* summaries etc.)."""
     out: Dict[str, Any] = {}
-    m = None
-    for m in re.finditer(r'curl_close s \S+ transfers (\d+) bytes fetched '
-                         r'(0x[0-9a-f]+) served (0x[0-9a-f]+) retries (\d+) '
-                         r'failed blocks (\d+)', text):
-        pass
+
+    def last_match(pattern: str) -> Optional[re.Match]:
+        found = None
+        for found in re.finditer(pattern, text):
+            pass
+        return found
+
+    m = last_match(r'curl_close s \S+ transfers (\d+) bytes fetched '
+                   r'(0x[0-9a-f]+) served (0x[0-9a-f]+) retries (\d+) '
+                   r'failed blocks (\d+)')
     if m:
         out.update(transfers=int(m.group(1)), fetched=int(m.group(2), 16),
                    served=int(m.group(3), 16), retries=int(m.group(4)),
                    failed_blocks=int(m.group(5)))
-    m = None
-    for m in re.finditer(r'curl_close_cache s \S+ blocks hit (\d+) missed '
-                         r'(\d+) waited for (\d+) prefetched (\d+) of which '
-                         r'unused (\d+)', text):
-        pass
+    m = last_match(r'curl_close_cache s \S+ blocks hit (\d+) missed '
+                   r'(\d+) waited for (\d+) prefetched (\d+) of which '
+                   r'unused (\d+)')
     if m:
         out.update(hits=int(m.group(1)), misses=int(m.group(2)),
                    waits=int(m.group(3)), prefetched=int(m.group(4)),

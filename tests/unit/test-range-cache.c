@@ -14,6 +14,7 @@
 #include "qapi/error.h"
 #include "qemu/main-loop.h"
 #include "block/range-cache.h"
+#include "iothread.h"
 
 #define BS  (4 * KiB)
 
@@ -104,13 +105,11 @@ static char *test_events(TestCache *tc)
     return s;
 }
 
-/* Complete pending fetch number @n with @ret, copying the remote bytes */
-static void test_complete_nth(TestCache *tc, unsigned n, int ret)
+/* Complete the fetch of @blk with @ret, copying the remote bytes */
+static void test_complete_block(TestCache *tc, RangeCacheBlock *blk, int ret)
 {
-    RangeCacheBlock *blk = g_queue_pop_nth(&tc->pending, n);
     uint64_t first, last;
 
-    g_assert(blk);
     g_assert_cmpint(blk->state, ==, RANGE_CACHE_FETCHING);
     range_cache_remote_range(&tc->rc, blk, &first, &last);
     g_assert_cmpuint(last, <, tc->remote_len);
@@ -120,6 +119,18 @@ static void test_complete_nth(TestCache *tc, unsigned n, int ret)
     qemu_mutex_lock(&tc->lock);
     range_cache_complete_locked(&tc->rc, blk, ret);
     qemu_mutex_unlock(&tc->lock);
+}
+
+/* Complete pending fetch number @n with @ret */
+static void test_complete_nth(TestCache *tc, unsigned n, int ret)
+{
+    RangeCacheBlock *blk;
+
+    qemu_mutex_lock(&tc->lock);
+    blk = g_queue_pop_nth(&tc->pending, n);
+    qemu_mutex_unlock(&tc->lock);
+    g_assert(blk);
+    test_complete_block(tc, blk, ret);
 }
 
 /* Complete the oldest pending fetch */
@@ -346,6 +357,16 @@ static void test_lru_streamed_first(void)
     test_cache_free(tc);
 }
 
+/* Read a little of @n blocks ten blocks apart, from block @first: no stream */
+static void test_read_far_apart(TestCache *tc, uint64_t first, unsigned n)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        test_read_sync(tc, (first + 10 * i) * BS, 100);
+    }
+}
+
 /*
  * A block that readahead finds cached is kept like one that it fetched:
  * after blocks read through by the stream and blocks read otherwise.
@@ -369,10 +390,7 @@ static void test_readahead_keeps_cached(void)
     g_assert_true(blk && blk->ahead);
 
     /* Random reads evict block 1 (streamed), then 0 and 20 (read) */
-    test_read_sync(tc, 20 * BS, 100);
-    test_read_sync(tc, 30 * BS, 100);
-    test_read_sync(tc, 40 * BS, 100);
-    test_read_sync(tc, 50 * BS, 100);
+    test_read_far_apart(tc, 20, 4);
     ev2 = test_events(tc);
     g_assert_cmpstr(ev2, ==, "m20 e1 m30 e0 m40 e20 m50");
 
@@ -402,10 +420,7 @@ static void test_lru_streamed_out_of_order(void)
     ev1 = test_events(tc);
     g_assert_cmpstr(ev1, ==, "m10 m0 m1 m2 h2 m3");
 
-    test_read_sync(tc, 20 * BS, 100);
-    test_read_sync(tc, 30 * BS, 100);
-    test_read_sync(tc, 40 * BS, 100);
-    test_read_sync(tc, 50 * BS, 100);
+    test_read_far_apart(tc, 20, 4);
     test_read_sync(tc, 10 * BS, 100);
     ev2 = test_events(tc);
     g_assert_cmpstr(ev2, ==, "m20 e1 m30 e2 m40 e3 m50 h10");
@@ -750,6 +765,111 @@ static void test_readahead_unused(void)
     test_cache_free(tc);
 }
 
+typedef struct TestThreadReader {
+    TestCache *tc;
+    unsigned seed;
+    unsigned reads;
+    unsigned failed;            /* reads that got the error of a block */
+    unsigned wrong;             /* reads that got wrong bytes */
+    unsigned *done;             /* readers that finished; atomic */
+} TestThreadReader;
+
+/* Random reads, in the AioContext of an iothread */
+static void coroutine_fn test_thread_reader(void *opaque)
+{
+    TestThreadReader *t = opaque;
+    TestCache *tc = t->tc;
+    GRand *rand = g_rand_new_with_seed(t->seed);
+    g_autofree uint8_t *buf = g_malloc(4 * BS);
+    unsigned i;
+
+    for (i = 0; i < t->reads; i++) {
+        uint64_t off = g_rand_int_range(rand, 0, tc->rc.length);
+        uint64_t bytes = g_rand_int_range(rand, 1, 4 * BS);
+        QEMUIOVector qiov;
+        uint64_t j;
+        int ret;
+
+        if (i > 0 && g_rand_boolean(rand)) {
+            off = (off / BS) * BS;      /* so that streams happen too */
+        }
+        qemu_iovec_init_buf(&qiov, buf, bytes);
+        ret = range_cache_co_read(&tc->rc, off, bytes, &qiov, 0);
+        if (ret == -EIO) {
+            t->failed++;
+            continue;
+        }
+        for (j = 0; j < bytes; j++) {
+            uint64_t pos = off + j;
+            uint8_t want = pos < tc->rc.length ? tc->image[pos] : 0;
+
+            if (ret != 0 || buf[j] != want) {
+                t->wrong++;
+                break;
+            }
+        }
+    }
+    g_rand_free(rand);
+    qatomic_inc(t->done);
+}
+
+/*
+ * Reads come from several threads at once (multiqueue): readers in two
+ * iothreads share the cache while this thread completes the fetches in any
+ * order, a few with an error.  Every read ends with the right bytes or an
+ * error, never other bytes.
+ */
+static void test_threads(void)
+{
+    TestCache *tc = test_cache_new(40 * BS + 5, 0, 6);
+    IOThread *io[2] = { iothread_new(), iothread_new() };
+    TestThreadReader t[6];
+    GRand *rand = g_rand_new_with_seed(7);
+    unsigned done = 0, failed = 0, i;
+
+    range_cache_set_readahead(&tc->rc, 2);
+    for (i = 0; i < ARRAY_SIZE(t); i++) {
+        t[i] = (TestThreadReader) {
+            .tc = tc, .seed = i, .reads = 300, .done = &done,
+        };
+        aio_co_enter(iothread_get_aio_context(io[i % 2]),
+                     qemu_coroutine_create(test_thread_reader, &t[i]));
+    }
+
+    /* Until every reader is done, and then what readahead left */
+    while (qatomic_read(&done) < ARRAY_SIZE(t) ||
+           !g_queue_is_empty(&tc->pending)) {
+        RangeCacheBlock *blk = NULL;
+
+        qemu_mutex_lock(&tc->lock);
+        if (!g_queue_is_empty(&tc->pending)) {
+            blk = g_queue_pop_nth(&tc->pending, g_rand_int_range(
+                                  rand, 0, g_queue_get_length(&tc->pending)));
+        }
+        qemu_mutex_unlock(&tc->lock);
+        if (blk) {
+            test_complete_block(tc, blk,
+                                g_rand_int_range(rand, 0, 20) ? 0 : -EIO);
+        } else {
+            g_usleep(20);
+        }
+    }
+
+    for (i = 0; i < ARRAY_SIZE(t); i++) {
+        g_assert_cmpuint(t[i].wrong, ==, 0);
+        failed += t[i].failed;
+    }
+    /* Some reads met a failed block, most did not */
+    g_assert_cmpuint(failed, >, 0);
+    g_assert_cmpuint(failed, <, ARRAY_SIZE(t) * 300 / 2);
+    g_assert_cmpuint(tc->rc.stats.waits, >, 0);
+    g_assert_cmpuint(tc->rc.stats.hits, >, 0);
+    iothread_join(io[0]);
+    iothread_join(io[1]);
+    g_rand_free(rand);
+    test_cache_free(tc);
+}
+
 int main(int argc, char **argv)
 {
     qemu_init_main_loop(&error_abort);
@@ -772,6 +892,7 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
     g_test_add_func("/range-cache/no-deadlock", test_no_deadlock);
     g_test_add_func("/range-cache/stress", test_stress);
+    g_test_add_func("/range-cache/threads", test_threads);
     g_test_add_func("/range-cache/readahead/sequential",
                     test_readahead_sequential);
     g_test_add_func("/range-cache/readahead/random", test_readahead_random);
