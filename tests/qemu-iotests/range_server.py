@@ -246,7 +246,10 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
 class RequestRecord:  # pylint: disable=too-many-instance-attributes
     """What the statistics remember about one file request.
 
-    @range is the Range header as received, @status is None if no answer
+    @target is the request line's target: a path, or a whole URL when the
+    client used us as its proxy.  @range, @cookie, @authorization and
+    @proxy_authorization are those headers as received, @status is None
+    if no answer
     was sent, @served is the (first, last) byte positions that the body
     of a GET answer carries, or None if it has no body, and @fault is the
     action of the fault rule applied to the request, if any.
@@ -258,6 +261,10 @@ class RequestRecord:  # pylint: disable=too-many-instance-attributes
     range: Optional[str]
     client_port: int
     time: float
+    target: str = ''
+    cookie: Optional[str] = None
+    authorization: Optional[str] = None
+    proxy_authorization: Optional[str] = None
     status: Optional[int] = None
     bytes_sent: int = 0
     served: Optional[Tuple[int, int]] = None
@@ -273,6 +280,7 @@ class ServerState:
         self.bytes_sent = 0
         self.counted_connections: Set[int] = set()
         self.faults: List[FaultRule] = []
+        self.required: Dict[str, str] = {}
         self.last_connection_id = 0
 
     def new_connection_id(self) -> int:
@@ -282,12 +290,30 @@ class ServerState:
             return self.last_connection_id
 
     def reset(self) -> None:
-        """Forget all statistics and fault rules."""
+        """Forget all statistics, fault rules and required headers."""
         with self.lock:
             self.log = []
             self.bytes_sent = 0
             self.counted_connections = set()
             self.faults = []
+            self.required = {}
+
+    def set_required(self, required: Dict[str, str]) -> None:
+        """Answer file requests without these header values with an error.
+
+        Keys are 'cookie', 'authorization' (answered with 401) and
+        'proxy-authorization' (407).
+        """
+        with self.lock:
+            self.required = dict(required)
+
+    def missing_header(self, headers: Any) -> Optional[str]:
+        """The first required header that @headers lack, or None."""
+        with self.lock:
+            for name, value in self.required.items():
+                if headers.get(name) != value:
+                    return name
+        return None
 
     def begin_request(self, connection: int, method: str, path: str,
                       range_header: Optional[str],
@@ -435,7 +461,11 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         GET  /_control/faults    the fault rules, with remaining counts
         POST /_control/faults    replace the fault rules by the JSON list
                                  in the body (see FaultRule)
-        POST /_control/reset     clear the statistics and the fault rules
+        POST /_control/require   answer file requests that lack the header
+                                 values of the JSON object in the body with
+                                 401 or 407 (see ServerState.set_required)
+        POST /_control/reset     clear the statistics, the fault rules and
+                                 the required headers
         POST /_control/shutdown  stop the server
         """
         state = self.server.state
@@ -454,6 +484,18 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                 self._send_json(400, {'error': str(err)})
                 return
             result = state.faults_json()
+        elif (self.command, name) == ('POST', 'require'):
+            try:
+                required = json.loads(body or b'{}')
+                if not isinstance(required, dict) or not set(required) <= {
+                        'cookie', 'authorization', 'proxy-authorization'}:
+                    raise ValueError('required headers: a JSON object with '
+                                     'cookie, authorization or '
+                                     'proxy-authorization')
+            except ValueError as err:
+                self._send_json(400, {'error': str(err)})
+                return
+            state.set_required(required)
         elif (self.command, name) == ('POST', 'reset'):
             state.reset()
         elif (self.command, name) == ('POST', 'shutdown'):
@@ -493,6 +535,20 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         range_header = self.headers.get('Range')
         record = state.begin_request(self.connection_id, self.command, path,
                                      range_header, self.client_address[1])
+        state.update(record, target=self.path,
+                     cookie=self.headers.get('Cookie'),
+                     authorization=self.headers.get('Authorization'),
+                     proxy_authorization=self.headers.get(
+                         'Proxy-Authorization'))
+        missing = state.missing_header(self.headers)
+        if missing is not None:
+            code = 407 if missing == 'proxy-authorization' else 401
+            state.update(record, status=code)
+            self._send_simple(code, f'{missing} required\n'.encode(),
+                              headers={'Proxy-Authenticate'
+                                       if code == 407 else
+                                       'WWW-Authenticate': 'Basic realm="t"'})
+            return
         rule = state.take_fault(self.command, path)
         if rule is not None:
             state.update(record, fault=rule.action)
@@ -826,8 +882,15 @@ class RangeServer:
         return result
 
     def reset(self) -> None:
-        """Clear the statistics and the fault rules."""
+        """Clear the statistics, the fault rules and required headers."""
         self._control('POST', 'reset')
+
+    def require(self, **headers: str) -> None:
+        """Refuse file requests without these header values (see
+        ServerState.set_required; proxy_authorization for
+        Proxy-Authorization)."""
+        self._control('POST', 'require',
+                      {k.replace('_', '-'): v for k, v in headers.items()})
 
     def _control(self, method: str, name: str, data: Any = None) -> Any:
         """Make a control request and return its decoded JSON answer."""

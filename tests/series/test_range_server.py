@@ -369,6 +369,32 @@ class FaultTest(ServerTestCase):
         self.assertEqual([e['status'] for e in stats['log']], [503, 200])
         self.assertEqual([e['fault'] for e in stats['log']], ['status', None])
 
+    def test_required_headers(self) -> None:
+        self.server.require(cookie='a=1', proxy_authorization='Basic eA==')
+        status, headers, _ = self.request('GET', '/small.img',
+                                          {'Cookie': 'a=1'})
+        self.assertEqual(status, 407)
+        self.assertIn('proxy-authenticate', headers)
+        status, headers, _ = self.request(
+            'GET', '/small.img', {'Proxy-Authorization': 'Basic eA=='})
+        self.assertEqual(status, 401)
+        self.assertIn('www-authenticate', headers)
+        # As a proxy: the target is a whole URL
+        conn = self.connect()
+        conn.request('GET', 'http://127.0.0.1:1/small.img',
+                     headers={'Cookie': 'a=1',
+                              'Proxy-Authorization': 'Basic eA=='})
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read()), (200, SMALL))
+        log = self.server.stats()['log']
+        self.assertEqual([e['status'] for e in log], [407, 401, 200])
+        self.assertEqual(log[2]['target'], 'http://127.0.0.1:1/small.img')
+        self.assertEqual(log[2]['cookie'], 'a=1')
+        self.assertEqual(log[1]['proxy_authorization'], 'Basic eA==')
+        # reset() forgets the requirement
+        self.server.reset()
+        self.assertEqual(self.request('GET', '/small.img')[0], 200)
+
     def test_no_head(self) -> None:
         self.set_faults([{'action': 'no-head', 'times': 1}])
         self.assertEqual(self.request('GET', '/small.img')[0], 200)
