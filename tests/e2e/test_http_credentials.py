@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import base64
-from typing import ClassVar, Dict, List, Optional
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import fixtures
 from e2e_case import E2ETestCase
@@ -121,10 +121,23 @@ class HttpCredentialsTest(E2ETestCase):
         self.assertFailedCleanly(result)
         self.assertOutputMentions(result, '401')
 
-    def proxy_env(self) -> Dict[str, str]:
-        """libcurl's environment for a proxy at the range server."""
+    def convert_through_proxy(self, password: str) -> Tuple[str, CmdResult]:
+        """Convert with http_proxy at the range server, which requires
+        proxy credentials, giving it @password.
+
+        Returns the image's URL, whose port has no server, and the result.
+        """
+        self.range_server.require(
+            proxy_authorization=basic(PROXY_USER, PROXY_PASSWORD))
+        nowhere = (f'http://{fixtures.HOST}:{fixtures.free_port()}/'
+                   f'{self.images.qcow2.name}')
         proxy = f'http://{fixtures.HOST}:{self.range_server.port}'
-        return {'http_proxy': proxy, 'no_proxy': '', 'NO_PROXY': ''}
+        env = {'http_proxy': proxy, 'no_proxy': '', 'NO_PROXY': ''}
+        return nowhere, self.convert(f'file.driver=http,file.url={nowhere},'
+                                     f'file.proxy-username={PROXY_USER},'
+                                     'file.proxy-password-secret=x0',
+                                     [f'secret,id=x0,data={password}'],
+                                     env=env)
 
     def test_proxy_credentials(self) -> None:
         """http_proxy with file.proxy-username and proxy-password-secret.
@@ -132,15 +145,7 @@ class HttpCredentialsTest(E2ETestCase):
         The URL's port has no server: every request must go through the
         proxy, with its credentials, and ask for the URL.
         """
-        self.range_server.require(
-            proxy_authorization=basic(PROXY_USER, PROXY_PASSWORD))
-        nowhere = (f'http://{fixtures.HOST}:{fixtures.free_port()}/'
-                   f'{self.images.qcow2.name}')
-        result = self.convert(f'file.driver=http,file.url={nowhere},'
-                              f'file.proxy-username={PROXY_USER},'
-                              'file.proxy-password-secret=x0',
-                              [f'secret,id=x0,data={PROXY_PASSWORD}'],
-                              env=self.proxy_env())
+        nowhere, result = self.convert_through_proxy(PROXY_PASSWORD)
         self.assertSucceeded(result)
         self.check_output()
         log = self.logged()
@@ -151,14 +156,6 @@ class HttpCredentialsTest(E2ETestCase):
 
     def test_proxy_wrong_password_refused(self) -> None:
         """The proxy's 407 is the error when its password is wrong."""
-        self.range_server.require(
-            proxy_authorization=basic(PROXY_USER, PROXY_PASSWORD))
-        nowhere = (f'http://{fixtures.HOST}:{fixtures.free_port()}/'
-                   f'{self.images.qcow2.name}')
-        result = self.convert(f'file.driver=http,file.url={nowhere},'
-                              f'file.proxy-username={PROXY_USER},'
-                              'file.proxy-password-secret=x0',
-                              ['secret,id=x0,data=not-it'],
-                              env=self.proxy_env())
+        result = self.convert_through_proxy('not-it')[1]
         self.assertFailedCleanly(result)
         self.assertOutputMentions(result, '407')
