@@ -309,7 +309,7 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
      * each connection's rate (CDNs do, per flow), and libcurl would
      * multiplex every transfer over one or two of them.  Measured with a
      * 40 ms, 10 MB/s per connection link, converting a qcow2 took ten
-     * times longer over HTTP/2 (docs/bench/results.md).
+     * times longer over HTTP/2 (docs/bench/defaults.md).
      */
     curl_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1,
                 errp);

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import fixtures
 from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult,
-                      MissingPrerequisite, TestImage)
+                      MissingPrerequisite, RangeServer, TestImage)
 
 #: Timeout for commands that are expected to fail quickly
 ERROR_TIMEOUT = 90.0
@@ -60,6 +60,13 @@ class E2ETestCase(unittest.TestCase):
         server.start()  # type: ignore[attr-defined]
         cls.addClassCleanup(server.stop)  # type: ignore[attr-defined]
         return server
+
+    @classmethod
+    def start_range_server(cls, directory: Union[str, Path]) -> RangeServer:
+        """Start a range server of @directory for the whole class, logging
+        to range-server.log in the class's directory."""
+        return cls.start_server(RangeServer(
+            str(directory), log_path=str(cls.class_tmp / 'range-server.log')))
 
     # -- commands
 

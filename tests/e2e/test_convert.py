@@ -36,9 +36,7 @@ class ConvertTest(E2ETestCase):
         super().setUpClass()
         cls.images = fixtures.shared_images()
         cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
-        cls.range_server = cls.start_server(
-            RangeServer(str(cls.images.directory),
-                        log_path=str(cls.class_tmp / 'range-server.log')))
+        cls.range_server = cls.start_range_server(cls.images.directory)
 
     def url(self, source: str, image: TestImage) -> str:
         """The URL of @image on @source."""

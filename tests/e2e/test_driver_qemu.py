@@ -83,9 +83,7 @@ class DriverQemuTest(E2ETestCase):
         cls.tar_size = (directory / TAR_NAME).stat().st_size
         cls.nginx = cls.start_server(Nginx(directory, cls.ca_dir))
         cls.url = cls.nginx.https_url(TAR_NAME)
-        cls.range_server = cls.start_server(
-            RangeServer(str(cls.images.directory),
-                        log_path=str(cls.class_tmp / 'range-server.log')))
+        cls.range_server = cls.start_range_server(cls.images.directory)
 
     def setUp(self) -> None:
         super().setUp()

@@ -67,9 +67,7 @@ class DriverTrafficTest(E2ETestCase):
         with open(directory / SPARSE_NAME, 'wb') as sparse:
             sparse.truncate(SPARSE_SIZE)
         cls.nginx = cls.start_server(Nginx(directory, cls.ca_dir))
-        cls.range_server = cls.start_server(
-            RangeServer(str(directory),
-                        log_path=str(cls.class_tmp / 'range-server.log')))
+        cls.range_server = cls.start_range_server(directory)
         # Whatever the suite runs with, compare the two drivers
         cls.new_img = Binaries.from_env(stock=False).qemu_img
         cls.stock_img = Binaries.from_env(stock=True).qemu_img

@@ -37,9 +37,7 @@ class ErrorTest(E2ETestCase):
         cls.nginx = cls.start_server(Nginx(directory, cls.ca_dir))
         cls.untrusted = cls.start_server(
             Nginx(directory, cls.ca_dir, untrusted=True))
-        cls.range_server = cls.start_server(
-            RangeServer(str(directory),
-                        log_path=str(cls.class_tmp / 'range-server.log')))
+        cls.range_server = cls.start_range_server(directory)
 
     def setUp(self) -> None:
         super().setUp()

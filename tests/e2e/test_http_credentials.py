@@ -41,9 +41,7 @@ class HttpCredentialsTest(E2ETestCase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         cls.images = fixtures.shared_images()
-        cls.range_server = cls.start_server(RangeServer(
-            str(cls.images.directory),
-            log_path=str(cls.class_tmp / 'range-server.log')))
+        cls.range_server = cls.start_range_server(cls.images.directory)
 
     def setUp(self) -> None:
         super().setUp()
