@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import unittest
 from pathlib import Path
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from typing import Any, ClassVar, Optional, Sequence, TypeVar, Union
 
 import fixtures
 from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult,
-                      MissingPrerequisite, RangeServer, TestImage)
+                      MissingPrerequisite, PatternRegion, QemuSystem,
+                      RangeServer, TestImage)
 
 #: Timeout for commands that are expected to fail quickly
 ERROR_TIMEOUT = 90.0
@@ -161,6 +162,35 @@ class E2ETestCase(unittest.TestCase):
                     'Input/output error'):
             if bad in output:
                 self.fail(f'qemu-io reported {bad!r} {context}\n{output}')
+
+    def check_hmp_reads(self, qemu: QemuSystem,
+                        regions: Sequence[PatternRegion],
+                        device: str) -> None:
+        """qemu-io read -P of every pattern region of @device through HMP,
+        and one with a wrong pattern that must be reported; then quit.
+
+        The HMP qemu-io command prints its results on QEMU's stdout (not
+        in the HMP answer), so they are checked once QEMU has quit.
+        """
+        for region in regions:
+            answer = qemu.hmp(f'qemu-io {device} "{region.read_cmd()}"')
+            self.assertNoPatternFailure(answer, f'in {region}')
+        control = regions[1]
+        qemu.hmp(f'qemu-io {device} '
+                 f'"{control.read_cmd(control.pattern ^ 0xff)}"')
+        self.assertEqual(qemu.shutdown(), 0)
+
+        output = qemu.output(limit=None)
+        for region in regions:
+            self.assertIn(f'read {region.length}/{region.length} bytes at '
+                          f'offset {region.offset}\n', output)
+        failures = [line for line in output.splitlines()
+                    if 'Pattern verification failed' in line]
+        self.assertEqual(failures, [f'Pattern verification failed at '
+                                    f'offset {control.offset}, '
+                                    f'{control.length} bytes'], output)
+        for bad in ('read failed', 'Input/output error'):
+            self.assertNotIn(bad, output)
 
 
 def first_line_with(text: str, needle: str) -> Optional[str]:

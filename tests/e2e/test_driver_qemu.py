@@ -139,24 +139,7 @@ class DriverQemuTest(E2ETestCase):
         image = next(b for b in qemu.cmd('query-block')
                      if b['device'] == 'd0')['inserted']['image']
         self.assertEqual(image['virtual-size'], PATTERN_IMAGE_SIZE)
-        for region in self.regions:
-            answer = qemu.hmp(f'qemu-io d0 "{region.read_cmd()}"')
-            self.assertNoPatternFailure(answer, f'in {region}')
-        control = self.regions[1]
-        qemu.hmp(f'qemu-io d0 "{control.read_cmd(control.pattern ^ 0xff)}"')
-        self.assertEqual(qemu.shutdown(), 0)
-
-        # HMP qemu-io prints on QEMU's stdout, complete once it has quit
-        output = qemu.output(limit=None)
-        for region in self.regions:
-            self.assertIn(f'read {region.length}/{region.length} bytes at '
-                          f'offset {region.offset}\n', output)
-        failures = [line for line in output.splitlines()
-                    if 'Pattern verification failed' in line]
-        self.assertEqual(failures, [f'Pattern verification failed at '
-                                    f'offset {control.offset}, '
-                                    f'{control.length} bytes'], output)
-        self.assertNotIn('read failed', output)
+        self.check_hmp_reads(qemu, self.regions, 'd0')
         self.check_block_ranges(self.members['pattern.raw'].offset,
                                 64 * KiB, 2)
 
