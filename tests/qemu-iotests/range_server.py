@@ -32,6 +32,7 @@ import dataclasses
 import email.utils
 import http.client
 import http.server
+import itertools
 import json
 import os
 import re
@@ -56,11 +57,14 @@ LENGTH_MISMATCH_EXTRA = 4096
 # method, they apply to GET only, so that a HEAD does not use them up.
 BODY_ACTIONS = ('short', 'stall', 'wrong-range')
 
-ACTIONS = ('status', 'no-head', 'ignore-range', 'no-accept-ranges',
-           'wrong-range', 'short', 'close', 'stall', 'delay', 'redirect',
-           'length-mismatch')
+ACTIONS = ('status', 'no-head', 'ignore-range', 'ignore-if-range',
+           'no-accept-ranges', 'wrong-range', 'short', 'close', 'stall',
+           'delay', 'redirect', 'length-mismatch')
 
 _RANGE_RE = re.compile(r'bytes\s*=\s*(\d*)\s*-\s*(\d*)', re.IGNORECASE)
+
+
+_RULE_IDS = itertools.count(1)
 
 
 class UnsatisfiableRange(Exception):
@@ -127,6 +131,9 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     status            answer with error "code" (400 to 599)
     no-head           answer HEAD with 405 Method Not Allowed
     ignore-range      answer 200 with the whole file, no Accept-Ranges
+    ignore-if-range   serve the range asked for even when If-Range does
+                      not match, as a cache in front of a server that
+                      was not told about a new file would
     no-accept-ranges  answer normally but without Accept-Ranges
     wrong-range       send the range asked for moved by "shift" bytes
                       (default 1, kept inside the file); a request
@@ -136,7 +143,8 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     close             close the connection without answering
     stall             send the first "bytes" (default 0) body bytes, wait
                       "seconds", then send the rest
-    delay             wait "seconds", then answer normally
+    delay             wait "seconds", then answer as the rules after
+                      this one say (normally if none matches)
     redirect          redirect to "location" with "code" (default 302);
                       never applies to a request for the target's path
     length-mismatch   report a size 4096 bytes too large in Content-Range
@@ -157,6 +165,7 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     seconds: float = 0.0
     location: str = ''
     hits: int = 0
+    rule_id: int = dataclasses.field(default_factory=lambda: next(_RULE_IDS))
 
     @classmethod
     def from_json(cls, obj: Any) -> 'FaultRule':
@@ -363,15 +372,23 @@ class ServerState:
         with self.lock:
             return [rule.to_json() for rule in self.faults]
 
-    def take_fault(self, method: str, path: str) -> Optional[FaultRule]:
+    def take_fault(self, method: str, path: str,
+                   after: Optional[FaultRule] = None) -> Optional[FaultRule]:
         """Find the first rule matching a request and count it down.
 
         Return the rule if it is to be applied, or None if the request
         is to be answered normally (no rule matches, or the first one
-        that does still has requests to skip).
+        that does still has requests to skip).  With @after, a rule
+        returned before for the same request, only the rules that follow
+        it are considered.
         """
         with self.lock:
-            for rule in self.faults:
+            rules = self.faults
+            if after is not None:
+                index = next((i for i, r in enumerate(rules)
+                              if r.rule_id == after.rule_id), len(rules))
+                rules = rules[index + 1:]
+            for rule in rules:
                 if not rule.matches(method, path):
                     continue
                 if rule.skip > 0:
@@ -556,10 +573,18 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             if rule.action == 'close':
                 self.close_connection = True
                 return
-            if rule.action == 'delay':
+            while rule is not None and rule.action == 'delay':
                 if self.server.stopping.wait(rule.seconds):
                     self.close_connection = True
                     return
+                rule = state.take_fault(self.command, path, after=rule)
+                if rule is not None:
+                    state.update(record, fault=f'delay+{rule.action}')
+            if rule is None:
+                pass
+            elif rule.action == 'close':
+                self.close_connection = True
+                return
             elif rule.action in ('status', 'redirect', 'no-head'):
                 self._send_fault_response(record, rule)
                 return
@@ -611,7 +636,8 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
 
         if_range = self.headers.get('If-Range')
         if (range_header is None or action == 'ignore-range' or
-                if_range not in (None, etag, last_modified)):
+                (action != 'ignore-if-range' and
+                 if_range not in (None, etag, last_modified))):
             byte_range = None
         else:
             try:

@@ -410,6 +410,14 @@ class FaultTest(ServerTestCase):
         self.assertNotIn('accept-ranges',
                          self.request('HEAD', '/data.img')[1])
 
+    def test_ignore_if_range(self) -> None:
+        self.set_faults([{'action': 'ignore-if-range'}])
+        status, headers, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3',
+                                  'If-Range': '"stale"'})
+        self.assertEqual((status, body), (206, SMALL[:4]))
+        self.assertEqual(headers['content-range'], f'bytes 0-3/{len(SMALL)}')
+
     def test_no_accept_ranges(self) -> None:
         self.set_faults([{'action': 'no-accept-ranges'}])
         self.assertNotIn('accept-ranges',
@@ -494,6 +502,15 @@ class FaultTest(ServerTestCase):
         status, _, body = self.get_range('/small.img', 'bytes=0-4')
         self.assertGreaterEqual(time.monotonic() - start, 0.28)
         self.assertEqual((status, body), (206, SMALL[:5]))
+
+    def test_delay_then_next_rule(self) -> None:
+        # After the delay, the rules that follow decide
+        self.set_faults([{'action': 'delay', 'seconds': 0, 'times': 1},
+                         {'action': 'status', 'code': 503, 'times': 1}])
+        self.assertEqual(self.get_range('/small.img', 'bytes=0-4')[0], 503)
+        self.assertEqual(self.server.stats()['log'][-1]['fault'],
+                         'delay+status')
+        self.assertEqual(self.get_range('/small.img', 'bytes=0-4')[0], 206)
 
     def test_redirect(self) -> None:
         self.set_faults([{'path': '/alias.img', 'action': 'redirect',
