@@ -150,7 +150,9 @@ struct BDRVCURLState {
     /* What the server told us at open, constant once open */
     uint64_t remote_len;        /* length of the whole remote file */
     char *redirect_url;         /* where url redirected; protected by mutex */
-    char *validator;            /* sent as If-Range; NULL if none */
+    char *etag;                 /* the file's ETag at open, or NULL */
+    char *last_modified;        /* its Last-Modified at open, or NULL */
+    const char *validator;      /* one of them, sent as If-Range */
     struct curl_slist *req_headers;
     CURLSH *share;              /* DNS and TLS sessions of all handles */
 
@@ -510,6 +512,30 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * Transfers
  */
 
+/* Whether two entity tags name the same version, weak or not */
+static bool curl_etag_equal(const char *a, const char *b)
+{
+    return !strcmp(g_str_has_prefix(a, "W/") ? a + 2 : a,
+                   g_str_has_prefix(b, "W/") ? b + 2 : b);
+}
+
+/*
+ * Whether an answer comes from the file we opened, as far as its headers
+ * tell: by its ETag when it has one and the file had one at open, else by
+ * its Last-Modified date.  Whatever the status: a cache in front of the
+ * server may ignore If-Range and send a range of a newer file.
+ */
+static bool curl_answer_is_pinned_file(BDRVCURLState *s, CURLHeaders *h)
+{
+    if (s->etag && h->etag[0]) {
+        return curl_etag_equal(s->etag, h->etag);
+    }
+    if (s->last_modified && h->last_modified[0]) {
+        return !strcmp(s->last_modified, h->last_modified);
+    }
+    return true;
+}
+
 /* Check the answer before its first byte is stored */
 static bool curl_transfer_check_answer(CURLTransfer *t)
 {
@@ -521,6 +547,13 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
         return true;        /* FTP: REST and SIZE do not lie */
     }
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (!curl_answer_is_pinned_file(s, h)) {
+        t->ret = -ESTALE;
+        snprintf(t->why, sizeof(t->why), "the remote file changed since it "
+                 "was opened (it no longer matches %s)",
+                 h->etag[0] && s->etag ? s->etag : s->last_modified);
+        return false;
+    }
     if (status == 206 && h->has_range) {
         if (h->range_total != s->remote_len) {
             t->ret = -ESTALE;
@@ -542,19 +575,10 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
     if (status == 200 && t->first == 0 && t->last == s->remote_len - 1) {
         return true;        /* the whole file, as asked */
     }
-    if (status == 200 && s->validator &&
-        strcmp(s->validator, h->etag) &&
-        strcmp(s->validator, h->last_modified)) {
-        /* If-Range did not match: the file is not the one we opened */
-        t->ret = -ESTALE;
-        snprintf(t->why, sizeof(t->why), "the remote file changed since it "
-                 "was opened (it no longer matches %s)", s->validator);
-    } else {
-        t->ret = -EPROTO;
-        snprintf(t->why, sizeof(t->why), "the server answered a range "
-                 "request with HTTP %ld%s", status,
-                 status == 206 ? " but no valid Content-Range" : "");
-    }
+    t->ret = -EPROTO;
+    snprintf(t->why, sizeof(t->why), "the server answered a range request "
+             "with HTTP %ld%s", status,
+             status == 206 ? " but no valid Content-Range" : "");
     return false;
 }
 
@@ -1254,9 +1278,11 @@ static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
 }
 
 /*
- * A file that changes under us must not mix old and new blocks: transfers
- * send If-Range with its strong ETag or its date, so that a changed file
- * answers with all of it, which curl_transfer_check_answer() refuses.
+ * A file that changes under us must not mix old and new blocks.  Pin it by
+ * the validators it has at open: every answer must carry the same (see
+ * curl_answer_is_pinned_file()), and transfers send If-Range with its
+ * strong ETag or its date, so that a server that knows of a change answers
+ * with all of the new file rather than a range of it.
  */
 static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
 {
@@ -1265,10 +1291,13 @@ static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
     if (!h->http) {
         return;
     }
-    if (h->etag[0] && !g_str_has_prefix(h->etag, "W/")) {
-        s->validator = g_strdup(h->etag);
-    } else if (h->last_modified[0]) {
-        s->validator = g_strdup(h->last_modified);
+    s->etag = h->etag[0] ? g_strdup(h->etag) : NULL;
+    s->last_modified = h->last_modified[0] ? g_strdup(h->last_modified) :
+                       NULL;
+    if (s->etag && !g_str_has_prefix(s->etag, "W/")) {
+        s->validator = s->etag;
+    } else if (s->last_modified) {
+        s->validator = s->last_modified;
     } else {
         return;
     }
@@ -1451,7 +1480,8 @@ static void curl_free_state(BDRVCURLState *s)
     if (s->share) {
         curl_share_cleanup(s->share);
     }
-    g_free(s->validator);
+    g_free(s->etag);
+    g_free(s->last_modified);
     g_free(s->redirect_url);
     g_free(s->url);
     g_free(s->cookie);
