@@ -5,16 +5,18 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Reads are served from a cache of aligned blocks (block/range-cache.c).  A
- * missing block is fetched with one range request; up to 'connections'
- * fetches run at once over reused connections, through a libcurl multi
- * handle that the node's AioContext drives.  Sequential reads make the cache
- * fetch the following blocks before they are asked for.
+ * Reads are served from a cache of aligned blocks (block/range-cache.c),
+ * which decides what to fetch: the bytes a read misses, and more ahead of a
+ * sequential stream.  Each fetch is one range request; up to 'connections'
+ * run at once over reused connections, through a libcurl multi handle that
+ * the node's AioContext drives.  A read completes as soon as its own bytes
+ * have arrived.
  */
 
 #include "qemu/osdep.h"
 #include <curl/curl.h>
 #include "qapi/error.h"
+#include "qapi/qmp/qerror.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/lockable.h"
@@ -56,9 +58,9 @@
 #define CURL_OPT_PROXY_PASSWORD_SECRET  "proxy-password-secret"
 
 /*
- * Defaults.  Sixteen 2 MiB transfers in flight keep a 40 ms, 125 MB/s link
- * busy; the cache then holds the blocks in flight, those being read and some
- * already read, within 64 MiB for the node.
+ * Defaults.  Sixteen transfers in flight keep a 40 ms, 125 MB/s link busy;
+ * the cache then holds what is in flight, what is being read and some of
+ * what was read, within 64 MiB for the node.
  */
 #define CURL_DEFAULT_BLOCKSIZE      (2 * MiB)
 #define CURL_DEFAULT_CACHE          (56 * MiB)  /* blockcount * blocksize */
@@ -71,9 +73,25 @@
 #define CURL_MAX_TIMEOUT            10000
 
 /*
- * A block whose transfer broke off (a reset connection, a short body, a 5xx
- * answer) is asked for again this many times before its readers see the
- * error.
+ * The largest request that readahead makes.  Each request costs a round
+ * trip before its first byte; 2 MiB takes 0.2 s at 10 MB/s, so that a
+ * 40 ms round trip costs 17% of a connection's time.  Larger requests hold
+ * more of the cache while they are in flight.
+ */
+#define CURL_READAHEAD_FETCH        (2 * MiB)
+
+/*
+ * At open, every connection but one fetches this much of the start of the
+ * image, so that the connections exist (TCP and TLS handshakes done) by
+ * the time a format driver has read its metadata and a stream starts, and
+ * the first reads find their bytes on the way.
+ */
+#define CURL_WARM_UP_FETCH          (64 * KiB)
+
+/*
+ * A transfer that broke off (a reset connection, a short body, a 5xx
+ * answer) is asked for again, for what did not arrive, this many times
+ * before its readers see the error.
  */
 #define CURL_MAX_RETRIES            2
 
@@ -90,7 +108,7 @@
 #endif
 
 typedef struct BDRVCURLState BDRVCURLState;
-typedef QSIMPLEQ_HEAD(, RangeCacheBlock) CURLFetchQueue;
+typedef QSIMPLEQ_HEAD(, RangeCacheFetch) CURLFetchQueue;
 
 /* What the headers of an HTTP answer said; FTP has none of these */
 typedef struct CURLHeaders {
@@ -103,20 +121,25 @@ typedef struct CURLHeaders {
     uint64_t range_total;
     char etag[128];
     char last_modified[64];
+    char content_encoding[32];  /* empty if none */
 } CURLHeaders;
 
-/* One easy handle, and the block it is fetching */
+/*
+ * One easy handle, and the fetch it runs.  Only used in the AioContext,
+ * with BDRVCURLState.mutex held.
+ */
 typedef struct CURLTransfer {
     BDRVCURLState *s;
     CURL *easy;
-    RangeCacheBlock *blk;       /* NULL while idle */
-    bool prefetch;              /* blk was readahead when the fetch began */
-    uint64_t first;             /* remote byte range of blk, inclusive */
+    RangeCacheFetch *fetch;     /* NULL while idle */
+    char *redirected;           /* where it was sent, if not to url */
+    bool fell_back;             /* sent to url after redirected failed */
+    uint64_t first;             /* remote byte range asked for, inclusive */
     uint64_t last;
-    uint64_t received;          /* body bytes written to blk->data */
+    uint64_t received;          /* body bytes of this answer */
     int64_t start_ns;
     int64_t progress_ns;        /* when the last bytes arrived */
-    unsigned attempt;           /* 0 for the first request of blk */
+    unsigned attempt;           /* 0 for the first request of the fetch */
     int ret;                    /* -errno when our own checks failed */
     char why[256];              /* and why */
     char range[48];             /* CURLOPT_RANGE, "FIRST-LAST" */
@@ -128,13 +151,14 @@ typedef struct CURLTransfer {
 typedef struct CURLSocket {
     BDRVCURLState *s;
     curl_socket_t fd;
+    int what;                   /* CURL_POLL_IN, _OUT or _INOUT */
     QLIST_ENTRY(CURLSocket) next;
 } CURLSocket;
 
 struct BDRVCURLState {
-    /* Options, constant once open */
+    /* Set at open and constant afterwards */
     char *url;
-    uint64_t offset;            /* added to every range request */
+    uint64_t remote_offset;     /* added to every range request */
     uint64_t blocksize;
     unsigned blockcount;
     unsigned connections;       /* most transfers at once */
@@ -146,43 +170,53 @@ struct BDRVCURLState {
     char *password;
     char *proxy_username;
     char *proxy_password;
-
-    /* What the server told us at open, constant once open */
     uint64_t remote_len;        /* length of the whole remote file */
-    char *redirect_url;         /* where url redirected; protected by mutex */
     char *etag;                 /* the file's ETag at open, or NULL */
     char *last_modified;        /* its Last-Modified at open, or NULL */
     const char *validator;      /* one of them, sent as If-Range */
     struct curl_slist *req_headers;
-    CURLSH *share;              /* DNS and TLS sessions of all handles */
+    CURLSH *share;              /* DNS and TLS sessions of the transfers */
+    CURLM *multi;               /* runs the transfers */
+    CURLTransfer *transfers;    /* 'connections' of them */
 
     /*
-     * Protects the cache, the queues and the transfers.  libcurl itself is
-     * only called from aio_context, with the lock held, so that callbacks
-     * run with it held too.  Reads may come from any thread.
+     * Protects the cache (whose own lock it is), the queues, the transfers
+     * and what is below.  The multi handle and the transfers' easy handles
+     * are only used in aio_context, with the lock held, so that the
+     * callbacks libcurl makes (curl_sock_cb, curl_timer_cb, curl_write_cb,
+     * curl_header_cb) run with it held.  range_cache_fetch_done_locked()
+     * and range_cache_wake_locked() drop it while they wake readers.  The
+     * probe at open runs its own easy handle in the main loop, before any
+     * of this is set up, without the lock.  Reads may come from any thread.
      */
     QemuMutex mutex;
     RangeCache cache;
-    CURLFetchQueue fetch_queue;     /* blocks that reads need */
-    CURLFetchQueue prefetch_queue;  /* blocks for readahead */
-    CURLTransfer *transfers;    /* 'connections' of them */
+    char *redirect_url;         /* where url redirected, if used directly */
+    CURLFetchQueue miss_queue;  /* fetches that reads wait for */
+    CURLFetchQueue readahead_queue;
     unsigned active;            /* transfers running */
-    unsigned prefetching;       /* of which for readahead */
+    unsigned active_readahead;  /* of which for readahead */
     bool error_reported;        /* stderr has a failure since a success */
-
-    /* Statistics, traced at close; protected by mutex */
-    uint64_t nb_transfers;
-    uint64_t bytes_fetched;
+    uint64_t nb_transfers;      /* statistics, traced at close */
     uint64_t nb_retries;
+    uint64_t nb_reads;
+    uint64_t read_wait_ns;      /* how long reads took, in all */
 
-    /* Set up in aio_context by attach, torn down by detach */
+    /* Only used in aio_context; moved by attach and detach */
     AioContext *aio_context;
-    CURLM *multi;
     QEMUTimer timer;            /* libcurl's timeout */
     QEMUTimer watchdog;         /* checks that transfers progress */
     QEMUBH *start_bh;           /* starts queued fetches in aio_context */
     QLIST_HEAD(, CURLSocket) sockets;
 };
+
+/*
+ * Set an option of @easy unless an earlier one failed, saying which one
+ * libcurl refused; needs ERRP_GUARD
+ */
+#define curl_setopt(easy, opt, val, errp)                                  \
+    curl_check_setopt(*(errp) ? CURLE_OK : curl_easy_setopt(easy, opt, val), \
+                      #opt, errp)
 
 static void curl_check_setopt(CURLcode ret, const char *name, Error **errp)
 {
@@ -192,13 +226,36 @@ static void curl_check_setopt(CURLcode ret, const char *name, Error **errp)
     }
 }
 
-/* Set an option of @easy, unless an earlier one failed; needs ERRP_GUARD */
-#define curl_setopt(easy, opt, val, errp)                                  \
-    curl_check_setopt(*(errp) ? CURLE_OK : curl_easy_setopt(easy, opt, val), \
-                      #opt, errp)
+/* Likewise for the multi handle */
+#define curl_multi_setopt_checked(multi, opt, val, errp)                   \
+    curl_check_multi_setopt(*(errp) ? CURLM_OK :                           \
+                            curl_multi_setopt(multi, opt, val), #opt, errp)
+
+static void curl_check_multi_setopt(CURLMcode ret, const char *name,
+                                    Error **errp)
+{
+    if (ret != CURLM_OK && !*errp) {
+        error_setg(errp, "libcurl refused %s: %s", name,
+                   curl_multi_strerror(ret));
+    }
+}
+
+/* Likewise for the share handle */
+#define curl_share_setopt_checked(share, opt, val, errp)                   \
+    curl_check_share_setopt(*(errp) ? CURLSHE_OK :                         \
+                            curl_share_setopt(share, opt, val), #opt, errp)
+
+static void curl_check_share_setopt(CURLSHcode ret, const char *name,
+                                    Error **errp)
+{
+    if (ret != CURLSHE_OK && !*errp) {
+        error_setg(errp, "libcurl refused %s: %s", name,
+                   curl_share_strerror(ret));
+    }
+}
 
 /*
- * The header callbacks: parse what we need of one header line.  Redirects
+ * The header callback: parse what we need of one header line.  Redirects
  * bring several answers; each status line starts a new one.
  */
 static bool curl_header_is(const char *line, size_t len, const char *name,
@@ -277,6 +334,12 @@ static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
         curl_copy_value(h->etag, sizeof(h->etag), v, vlen);
     } else if (curl_header_is(line, len, "last-modified", &v, &vlen)) {
         curl_copy_value(h->last_modified, sizeof(h->last_modified), v, vlen);
+    } else if (curl_header_is(line, len, "content-encoding", &v, &vlen)) {
+        curl_copy_value(h->content_encoding, sizeof(h->content_encoding),
+                        v, vlen);
+        if (!h->content_encoding[0] && vlen) {
+            pstrcpy(h->content_encoding, sizeof(h->content_encoding), "?");
+        }
     }
     return len;
 }
@@ -319,8 +382,8 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     curl_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L, errp);
     /*
      * 'timeout' bounds connecting and any stall of a transfer, not its
-     * length: a large block on a slow link may take longer, and that is fine
-     * while bytes arrive.
+     * length: a large fetch on a slow link may take longer, and that is
+     * fine while bytes arrive.
      */
     curl_setopt(easy, CURLOPT_CONNECTTIMEOUT, (long)s->timeout, errp);
     curl_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, s->timeout ? 1L : 0L, errp);
@@ -344,26 +407,45 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     return !*errp;
 }
 
-/* The errno for a libcurl failure, for the guest and the caller */
+/*
+ * Errors
+ */
+
+/* The errno of an HTTP error status, for the guest and the caller */
+static int curl_status_errno(long status)
+{
+    switch (status) {
+    case 401:
+    case 403:
+    case 407:
+        return -EACCES;
+    case 404:
+    case 410:
+        return -ENOENT;
+    case 416:
+        return -ESTALE;     /* the file shrank under us */
+    default:
+        return -EIO;
+    }
+}
+
+/*
+ * Whether an HTTP error status says something of the file itself (it is
+ * not there, or not for us), rather than of the request
+ */
+static bool curl_status_is_final(long status)
+{
+    return status == 401 || status == 404 || status == 407 || status == 410;
+}
+
+/* The errno of a libcurl failure */
 static int curl_errno(CURLcode code, long status)
 {
     switch (code) {
     case CURLE_OK:
         return 0;
     case CURLE_HTTP_RETURNED_ERROR:
-        switch (status) {
-        case 401:
-        case 403:
-        case 407:
-            return -EACCES;
-        case 404:
-        case 410:
-            return -ENOENT;
-        case 416:
-            return -ESTALE;     /* the file shrank under us */
-        default:
-            return -EIO;
-        }
+        return curl_status_errno(status);
     case CURLE_OUT_OF_MEMORY:
         return -ENOMEM;
     case CURLE_OPERATION_TIMEDOUT:
@@ -410,12 +492,26 @@ static void curl_describe(CURLcode code, long status, const char *errbuf,
     }
 }
 
-static void curl_start_transfers_locked(BDRVCURLState *s);
+/* Fail @t with @ret, for the reason the format says */
+static bool G_GNUC_PRINTF(3, 4)
+curl_transfer_fail(CURLTransfer *t, int ret, const char *fmt, ...)
+{
+    va_list ap;
+
+    t->ret = ret;
+    va_start(ap, fmt);
+    vsnprintf(t->why, sizeof(t->why), fmt, ap);
+    va_end(ap);
+    return false;
+}
 
 /*
- * Socket and timer callbacks: libcurl tells us what to watch, the event loop
- * tells libcurl what happened, and every finished transfer is handled.
+ * The event loop: libcurl tells us what to watch, the event loop tells
+ * libcurl what happened, the readers whose bytes arrived are woken, and
+ * every finished transfer is handled.
  */
+
+static void curl_start_transfers_locked(BDRVCURLState *s);
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result);
 
 static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
@@ -424,10 +520,8 @@ static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
     int running, left;
 
     QEMU_LOCK_GUARD(&s->mutex);
-    if (!s->multi) {
-        return;
-    }
     curl_multi_socket_action(s->multi, fd, events, &running);
+    range_cache_wake_locked(&s->cache);
     while ((msg = curl_multi_info_read(s->multi, &left))) {
         CURLTransfer *t;
 
@@ -459,14 +553,18 @@ static void curl_timer_expired(void *opaque)
     curl_multi_do(opaque, CURL_SOCKET_TIMEOUT, 0);
 }
 
-static void curl_forget_socket(BDRVCURLState *s, CURLSocket *sock)
+/* Watch @sock in aio_context for what libcurl asked, or not at all */
+static void curl_watch_socket(BDRVCURLState *s, CURLSocket *sock, bool watch)
 {
-    aio_set_fd_handler(s->aio_context, sock->fd, NULL, NULL, NULL, NULL,
-                       NULL);
-    QLIST_REMOVE(sock, next);
-    g_free(sock);
+    bool in = watch && (sock->what & CURL_POLL_IN);
+    bool out = watch && (sock->what & CURL_POLL_OUT);
+
+    aio_set_fd_handler(s->aio_context, sock->fd,
+                       in ? curl_sock_read_cb : NULL,
+                       out ? curl_sock_write_cb : NULL, NULL, NULL, sock);
 }
 
+/* CURLMOPT_SOCKETFUNCTION; called with the lock held */
 static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
                         void *socketp)
 {
@@ -476,7 +574,9 @@ static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     trace_curl_sock_cb(s, what, fd);
     if (what == CURL_POLL_REMOVE) {
         if (sock) {
-            curl_forget_socket(s, sock);
+            curl_watch_socket(s, sock, false);
+            QLIST_REMOVE(sock, next);
+            g_free(sock);
         }
         return 0;
     }
@@ -487,13 +587,12 @@ static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
         QLIST_INSERT_HEAD(&s->sockets, sock, next);
         curl_multi_assign(s->multi, fd, sock);
     }
-    aio_set_fd_handler(s->aio_context, fd,
-                       what & CURL_POLL_IN ? curl_sock_read_cb : NULL,
-                       what & CURL_POLL_OUT ? curl_sock_write_cb : NULL,
-                       NULL, NULL, sock);
+    sock->what = what;
+    curl_watch_socket(s, sock, true);
     return 0;
 }
 
+/* CURLMOPT_TIMERFUNCTION; called with the lock held */
 static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     BDRVCURLState *s = userp;
@@ -548,57 +647,59 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
     }
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     if (!curl_answer_is_pinned_file(s, h)) {
-        t->ret = -ESTALE;
-        snprintf(t->why, sizeof(t->why), "the remote file changed since it "
-                 "was opened (it no longer matches %s)",
-                 h->etag[0] && s->etag ? s->etag : s->last_modified);
-        return false;
+        return curl_transfer_fail(t, -ESTALE, "the remote file changed "
+                                  "since it was opened (it no longer "
+                                  "matches %s)", h->etag[0] && s->etag ?
+                                  s->etag : s->last_modified);
+    }
+    if (h->content_encoding[0] &&
+        g_ascii_strcasecmp(h->content_encoding, "identity")) {
+        /* We never ask for it; its bytes are not the file's */
+        return curl_transfer_fail(t, -EPROTO, "the server sent the bytes "
+                                  "encoded (Content-Encoding: %s)",
+                                  h->content_encoding);
     }
     if (status == 206 && h->has_range) {
         if (h->range_total != s->remote_len) {
-            t->ret = -ESTALE;
-            snprintf(t->why, sizeof(t->why), "the remote file changed: it "
-                     "has %" PRIu64 " bytes, not %" PRIu64, h->range_total,
-                     s->remote_len);
-            return false;
+            return curl_transfer_fail(t, -ESTALE, "the remote file "
+                                      "changed: it has %" PRIu64 " bytes, "
+                                      "not %" PRIu64, h->range_total,
+                                      s->remote_len);
         }
         if (h->range_first != t->first || h->range_last != t->last) {
-            t->ret = -EPROTO;
-            snprintf(t->why, sizeof(t->why), "the server sent bytes %"
-                     PRIu64 "-%" PRIu64 " for a request of bytes %" PRIu64
-                     "-%" PRIu64, h->range_first, h->range_last, t->first,
-                     t->last);
-            return false;
+            return curl_transfer_fail(t, -EPROTO, "the server sent bytes %"
+                                      PRIu64 "-%" PRIu64 " for a request "
+                                      "of bytes %" PRIu64 "-%" PRIu64,
+                                      h->range_first, h->range_last,
+                                      t->first, t->last);
         }
         return true;
     }
     if (status == 200 && t->first == 0 && t->last == s->remote_len - 1) {
         return true;        /* the whole file, as asked */
     }
-    t->ret = -EPROTO;
-    snprintf(t->why, sizeof(t->why), "the server answered a range request "
-             "with HTTP %ld%s", status,
-             status == 206 ? " but no valid Content-Range" : "");
-    return false;
+    return curl_transfer_fail(t, -EPROTO, "the server answered a range "
+                              "request with HTTP %ld%s", status,
+                              status == 206 ?
+                              " but no valid Content-Range" : "");
 }
 
+/* CURLOPT_WRITEFUNCTION; called with the lock held */
 static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
                             void *opaque)
 {
     CURLTransfer *t = opaque;
-    RangeCacheBlock *blk = t->blk;
+    BDRVCURLState *s = t->s;
     size_t len = size * nmemb;
 
     if (t->received == 0 && !curl_transfer_check_answer(t)) {
         return 0;
     }
-    if (len > blk->len - t->received) {
-        t->ret = -EPROTO;
-        snprintf(t->why, sizeof(t->why), "the server sent more than the %"
-                 PRIu64 " bytes asked for", blk->len);
+    if (!range_cache_fetch_write_locked(&s->cache, t->fetch, ptr, len)) {
+        curl_transfer_fail(t, -EPROTO, "the server sent more than the %"
+                           PRIu64 " bytes asked for", t->last - t->first + 1);
         return 0;
     }
-    memcpy(blk->data + t->received, ptr, len);
     t->received += len;
     t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     return len;
@@ -625,32 +726,35 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
     return !*errp;
 }
 
-/* Give @t the block to fetch, or take it back */
-static void curl_transfer_bind_locked(CURLTransfer *t, RangeCacheBlock *blk)
+/* Give @t the fetch to run, or take it back */
+static void curl_transfer_bind_locked(CURLTransfer *t,
+                                      RangeCacheFetch *fetch)
 {
-    t->blk = blk;
-    t->prefetch = blk->prefetched;
+    t->fetch = fetch;
+    t->attempt = 0;
+    t->fell_back = false;
     t->s->active++;
-    t->s->prefetching += t->prefetch;
+    t->s->active_readahead += fetch->readahead;
 }
 
 static void curl_transfer_unbind_locked(CURLTransfer *t)
 {
     t->s->active--;
-    t->s->prefetching -= t->prefetch;
-    t->blk = NULL;
-    t->attempt = 0;
+    t->s->active_readahead -= t->fetch->readahead;
+    t->fetch = NULL;
+    g_free(t->redirected);
+    t->redirected = NULL;
 }
 
-/* Ask for the remote bytes of t->blk */
+/* Ask for what t->fetch still needs; 0, or -errno and why in t->why */
 static int curl_transfer_submit_locked(CURLTransfer *t)
 {
     BDRVCURLState *s = t->s;
-    RangeCacheBlock *blk = t->blk;
-    CURLcode code;
+    Error *local_err = NULL;
+    Error **errp = &local_err;
     CURLMcode mcode;
 
-    range_cache_remote_range(&s->cache, blk, &t->first, &t->last);
+    range_cache_fetch_remote_range(&s->cache, t->fetch, &t->first, &t->last);
     snprintf(t->range, sizeof(t->range), "%" PRIu64 "-%" PRIu64,
              t->first, t->last);
     t->received = 0;
@@ -660,14 +764,14 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     t->headers = (CURLHeaders) { 0 };
     t->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     t->progress_ns = t->start_ns;
+    g_free(t->redirected);
+    t->redirected = t->fell_back ? NULL : g_strdup(s->redirect_url);
 
-    code = curl_easy_setopt(t->easy, CURLOPT_URL,
-                            s->redirect_url ?: s->url);
-    if (code == CURLE_OK) {
-        code = curl_easy_setopt(t->easy, CURLOPT_RANGE, t->range);
-    }
-    if (code != CURLE_OK) {
-        snprintf(t->why, sizeof(t->why), "%s", curl_easy_strerror(code));
+    curl_setopt(t->easy, CURLOPT_URL, t->redirected ?: s->url, errp);
+    curl_setopt(t->easy, CURLOPT_RANGE, t->range, errp);
+    if (local_err) {
+        snprintf(t->why, sizeof(t->why), "%s", error_get_pretty(local_err));
+        error_free(local_err);
         return -EIO;
     }
     mcode = curl_multi_add_handle(s->multi, t->easy);
@@ -675,8 +779,9 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
         snprintf(t->why, sizeof(t->why), "%s", curl_multi_strerror(mcode));
         return -EIO;
     }
-    trace_curl_transfer_start(s, blk->index, t->first, t->last,
-                              blk->prefetched, s->active);
+    trace_curl_transfer_submit_locked(s, t->first, t->last,
+                                      t->fetch->readahead, t->attempt,
+                                      s->active);
     if (s->timeout && !timer_pending(&s->watchdog)) {
         timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                   CURL_WATCHDOG_MS);
@@ -705,7 +810,7 @@ static bool curl_transfer_retryable(CURLcode code, long status, int ret)
     return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
 }
 
-/* 0 if all of the block arrived, else -errno and why in t->why */
+/* 0 if all that was asked for arrived, else -errno and why in t->why */
 static int curl_transfer_result(CURLTransfer *t, CURLcode result,
                                 long status)
 {
@@ -716,18 +821,64 @@ static int curl_transfer_result(CURLTransfer *t, CURLcode result,
         curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
         return curl_errno(result, status);
     }
-    if (t->received != t->blk->len) {
-        snprintf(t->why, sizeof(t->why), "the transfer ended after %" PRIu64
-                 " of %" PRIu64 " bytes", t->received, t->blk->len);
-        return -ECONNRESET;
+    if (t->received != t->last - t->first + 1) {
+        curl_transfer_fail(t, -ECONNRESET, "the transfer ended after %"
+                           PRIu64 " of %" PRIu64 " bytes", t->received,
+                           t->last - t->first + 1);
+        return t->ret;
     }
     return 0;
 }
 
+/*
+ * Where url redirected may have expired (a presigned object store URL, say):
+ * ask url again, which follows the redirect anew.  Only once per attempt,
+ * so that a redirect that keeps expiring is an error.  Other transfers sent
+ * there fall back on their own.
+ */
+static bool curl_transfer_fall_back_locked(CURLTransfer *t, long status)
+{
+    BDRVCURLState *s = t->s;
+
+    if (!t->redirected || t->fell_back) {
+        return false;
+    }
+    trace_curl_transfer_fall_back_locked(s, t->first, t->last, status);
+    if (s->redirect_url && !strcmp(s->redirect_url, t->redirected)) {
+        g_free(s->redirect_url);
+        s->redirect_url = NULL;
+    }
+    t->fell_back = true;
+    return true;
+}
+
+/* Whether to ask again for what @t did not get */
+static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
+                                       long status, int ret)
+{
+    BDRVCURLState *s = t->s;
+
+    if (result == CURLE_HTTP_RETURNED_ERROR && status >= 400 &&
+        status < 500) {
+        return curl_transfer_fall_back_locked(t, status);
+    }
+    if (t->attempt >= CURL_MAX_RETRIES ||
+        !curl_transfer_retryable(result, status, ret)) {
+        return false;
+    }
+    t->attempt++;
+    s->nb_retries++;
+    trace_curl_transfer_again_locked(s, t->first, t->last, t->attempt, ret,
+                                     t->why);
+    return true;
+}
+
+static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy);
+
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
 {
     BDRVCURLState *s = t->s;
-    RangeCacheBlock *blk = t->blk;
+    RangeCacheFetch *fetch = t->fetch;
     long status = 0, new_conns = 0;
     int ret;
 
@@ -737,73 +888,54 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     ret = curl_transfer_result(t, result, status);
 
     s->nb_transfers++;
-    s->bytes_fetched += t->received;
-    trace_curl_transfer_done(s, blk->index, t->received,
-                             (qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
-                              t->start_ns) / SCALE_US,
-                             new_conns, ret, t->why);
-
-    if (ret < 0 && s->redirect_url && result == CURLE_HTTP_RETURNED_ERROR &&
-        status >= 400 && status < 500) {
-        /*
-         * Where the URL redirected at open may have expired (a presigned
-         * object store URL, say): from now on, follow the redirect again.
-         */
-        trace_curl_redirect_dropped(s, s->redirect_url, status);
-        g_free(s->redirect_url);
-        s->redirect_url = NULL;
-        ret = curl_transfer_submit_locked(t);
-        if (ret == 0) {
-            return;
-        }
-    } else if (ret < 0 && t->attempt < CURL_MAX_RETRIES &&
-               curl_transfer_retryable(result, status, ret)) {
-        t->attempt++;
-        s->nb_retries++;
-        trace_curl_transfer_retry(s, blk->index, t->attempt, ret);
+    trace_curl_transfer_done_locked(s, t->first, t->last, t->received,
+                                    (qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
+                                     t->start_ns) / SCALE_US,
+                                    new_conns, ret, t->why);
+    if (ret == 0 && !t->redirected && !s->redirect_url) {
+        /* url redirected again, after an expiry: go there directly */
+        curl_resolve_redirect(s, t->easy);
+    }
+    if (ret < 0 && curl_transfer_again_locked(t, result, status, ret)) {
         ret = curl_transfer_submit_locked(t);
         if (ret == 0) {
             return;
         }
     }
 
-    curl_transfer_unbind_locked(t);
     if (ret < 0) {
         curl_report_failure_locked(s, t, ret);
     } else {
         s->error_reported = false;      /* report the next outage too */
     }
+    curl_transfer_unbind_locked(t);
     /* Drops the lock while readers run */
-    range_cache_complete_locked(&s->cache, blk, ret);
+    range_cache_fetch_done_locked(&s->cache, fetch, ret);
 }
 
 /*
  * Readahead may use every connection but one, which stays free for a read
  * that misses the cache: otherwise that read (the metadata a format driver
- * looks up, say) waits for a readahead transfer to end.  With a link that
- * caps each connection, fifteen of sixteen still fill it.
+ * looks up, say) waits for a readahead transfer to end.
  */
-static bool curl_may_prefetch_locked(BDRVCURLState *s)
+static bool curl_may_read_ahead_locked(BDRVCURLState *s)
 {
-    return s->prefetching < MAX(1, s->connections - 1);
+    return s->active_readahead < MAX(1, s->connections - 1);
 }
 
-/* The next block to fetch, if one may start now; any queued one if @all */
-static RangeCacheBlock *curl_dequeue_locked(BDRVCURLState *s, bool all)
+/* The next fetch to start, if one may start now; any queued one if @all */
+static RangeCacheFetch *curl_dequeue_locked(BDRVCURLState *s, bool all)
 {
-    RangeCacheBlock *blk = QSIMPLEQ_FIRST(&s->fetch_queue);
+    RangeCacheFetch *fetch = QSIMPLEQ_FIRST(&s->miss_queue);
 
-    if (blk) {
-        QSIMPLEQ_REMOVE_HEAD(&s->fetch_queue, fetch_next);
-        return blk;
+    if (fetch) {
+        QSIMPLEQ_REMOVE_HEAD(&s->miss_queue, queue_next);
+        return fetch;
     }
-    QSIMPLEQ_FOREACH(blk, &s->prefetch_queue, fetch_next) {
-        /* A block that a read waits for is no longer readahead */
-        if (all || !blk->prefetched || curl_may_prefetch_locked(s)) {
-            QSIMPLEQ_REMOVE(&s->prefetch_queue, blk, RangeCacheBlock,
-                            fetch_next);
-            return blk;
-        }
+    fetch = QSIMPLEQ_FIRST(&s->readahead_queue);
+    if (fetch && (all || curl_may_read_ahead_locked(s))) {
+        QSIMPLEQ_REMOVE_HEAD(&s->readahead_queue, queue_next);
+        return fetch;
     }
     return NULL;
 }
@@ -811,29 +943,22 @@ static RangeCacheBlock *curl_dequeue_locked(BDRVCURLState *s, bool all)
 /* Start queued fetches, those that reads wait for first, while we may */
 static void curl_start_transfers_locked(BDRVCURLState *s)
 {
-    RangeCacheBlock *blk;
+    RangeCacheFetch *fetch;
 
-    if (!s->multi) {
-        /* attach could not create it: fail rather than wait forever */
-        while ((blk = curl_dequeue_locked(s, true))) {
-            range_cache_complete_locked(&s->cache, blk, -ENOMEM);
-        }
-        return;
-    }
     while (s->active < s->connections &&
-           (blk = curl_dequeue_locked(s, false))) {
+           (fetch = curl_dequeue_locked(s, false))) {
         CURLTransfer *t = s->transfers;
         int ret;
 
-        while (t->blk) {
+        while (t->fetch) {
             t++;
         }
-        curl_transfer_bind_locked(t, blk);
+        curl_transfer_bind_locked(t, fetch);
         ret = curl_transfer_submit_locked(t);
         if (ret < 0) {
-            curl_transfer_unbind_locked(t);
             curl_report_failure_locked(s, t, ret);
-            range_cache_complete_locked(&s->cache, blk, ret);
+            curl_transfer_unbind_locked(t);
+            range_cache_fetch_done_locked(&s->cache, fetch, ret);
         }
     }
 }
@@ -854,11 +979,10 @@ static void curl_watchdog_expired(void *opaque)
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
 
-        if (t->blk &&
+        if (t->fetch &&
             now - t->progress_ns > s->timeout * NANOSECONDS_PER_SECOND) {
-            t->ret = -ETIMEDOUT;
-            snprintf(t->why, sizeof(t->why), "no data for %" PRIu64
-                     " seconds", s->timeout);
+            curl_transfer_fail(t, -ETIMEDOUT, "no data for %" PRIu64
+                               " seconds", s->timeout);
             curl_transfer_done_locked(t, CURLE_OPERATION_TIMEDOUT);
         }
     }
@@ -878,45 +1002,32 @@ static void curl_start_bh(void *opaque)
 }
 
 /* RangeCacheOps.fetch: called with the lock held, in any thread */
-static void curl_cache_fetch(void *opaque, RangeCacheBlock *blk)
+static void curl_cache_fetch(void *opaque, RangeCacheFetch *fetch)
 {
     BDRVCURLState *s = opaque;
 
-    if (blk->prefetched) {
-        QSIMPLEQ_INSERT_TAIL(&s->prefetch_queue, blk, fetch_next);
-    } else {
-        QSIMPLEQ_INSERT_TAIL(&s->fetch_queue, blk, fetch_next);
+    QSIMPLEQ_INSERT_TAIL(fetch->readahead ? &s->readahead_queue :
+                         &s->miss_queue, fetch, queue_next);
+    /* libcurl runs in the node's AioContext only; attach kicks it */
+    if (s->start_bh) {
+        qemu_bh_schedule(s->start_bh);
     }
-    /* libcurl runs in the node's AioContext only */
-    qemu_bh_schedule(s->start_bh);
 }
 
 static void curl_cache_event(void *opaque, RangeCacheEvent event,
-                             uint64_t index, uint64_t arg)
+                             uint64_t offset, uint64_t bytes)
 {
-    BDRVCURLState *s = opaque;
+    static const char *const names[] = {
+        [RANGE_CACHE_HIT] = "hit",
+        [RANGE_CACHE_WAIT] = "wait",
+        [RANGE_CACHE_MISS] = "miss",
+        [RANGE_CACHE_NO_ROOM] = "no room",
+        [RANGE_CACHE_EVICT] = "evict",
+        [RANGE_CACHE_EVICT_UNREAD] = "evict unread",
+        [RANGE_CACHE_READAHEAD] = "readahead",
+    };
 
-    switch (event) {
-    case RANGE_CACHE_HIT:
-        trace_curl_cache_hit(s, index);
-        break;
-    case RANGE_CACHE_WAIT:
-        trace_curl_cache_wait(s, index);
-        break;
-    case RANGE_CACHE_MISS:
-        trace_curl_cache_miss(s, index);
-        break;
-    case RANGE_CACHE_NO_ROOM:
-        trace_curl_cache_no_room(s, index);
-        break;
-    case RANGE_CACHE_EVICT:
-    case RANGE_CACHE_EVICT_UNUSED:
-        trace_curl_cache_evict(s, index, event == RANGE_CACHE_EVICT_UNUSED);
-        break;
-    case RANGE_CACHE_READAHEAD:
-        trace_curl_readahead(s, index, index + arg - 1);
-        break;
-    }
+    trace_curl_cache_event(opaque, names[event], offset, bytes);
 }
 
 static const RangeCacheOps curl_cache_ops = {
@@ -925,14 +1036,15 @@ static const RangeCacheOps curl_cache_ops = {
 };
 
 /*
- * AioContext: the multi handle, its sockets and its timer live in one.
- * Reads are drained before a node moves, so only readahead can still be in
- * flight: its blocks go back to the queue and restart in the new context.
+ * AioContext: the sockets, timers and bottom half of the multi handle live
+ * in one.  Moving to another keeps the transfers in flight: reads are
+ * drained before a node moves, readahead may go on.
  */
 static void curl_attach_aio_context(BlockDriverState *bs,
                                     AioContext *new_context)
 {
     BDRVCURLState *s = bs->opaque;
+    CURLSocket *sock;
 
     s->aio_context = new_context;
     aio_timer_init(new_context, &s->timer, QEMU_CLOCK_REALTIME, SCALE_MS,
@@ -941,27 +1053,20 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                    curl_watchdog_expired, s);
     s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
 
-    s->multi = curl_multi_init();
-    if (!s->multi) {
-        /* Nothing to attach to: reads fail until the next attach */
-        error_report("curl: libcurl could not create a multi handle");
-        return;
-    }
-    curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, curl_sock_cb);
-    curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
-    curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-    curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
-    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)s->connections);
-#ifdef HAVE_CURLMOPT_MAX_HOST_CONNECTIONS
-    curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                      (long)s->connections);
-    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
-                      (long)s->connections);
-#endif
-
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
-        if (!QSIMPLEQ_EMPTY(&s->fetch_queue) ||
-            !QSIMPLEQ_EMPTY(&s->prefetch_queue)) {
+        QLIST_FOREACH(sock, &s->sockets, next) {
+            curl_watch_socket(s, sock, true);
+        }
+        if (s->active) {
+            /* What libcurl's timer would have done while we were away */
+            timer_mod(&s->timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
+            if (s->timeout) {
+                timer_mod(&s->watchdog, qemu_clock_get_ms(
+                          QEMU_CLOCK_REALTIME) + CURL_WATCHDOG_MS);
+            }
+        }
+        if (!QSIMPLEQ_EMPTY(&s->miss_queue) ||
+            !QSIMPLEQ_EMPTY(&s->readahead_queue)) {
             qemu_bh_schedule(s->start_bh);
         }
     }
@@ -970,29 +1075,11 @@ static void curl_attach_aio_context(BlockDriverState *bs,
 static void curl_detach_aio_context(BlockDriverState *bs)
 {
     BDRVCURLState *s = bs->opaque;
-    CURLSocket *sock, *next_sock;
-    unsigned i;
+    CURLSocket *sock;
 
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
-        for (i = 0; i < s->connections; i++) {
-            CURLTransfer *t = &s->transfers[i];
-
-            if (t->blk) {
-                curl_multi_remove_handle(s->multi, t->easy);
-                QSIMPLEQ_INSERT_HEAD(t->blk->prefetched ? &s->prefetch_queue :
-                                     &s->fetch_queue, t->blk, fetch_next);
-                curl_transfer_unbind_locked(t);
-            }
-        }
-        QLIST_FOREACH_SAFE(sock, &s->sockets, next, next_sock) {
-            curl_forget_socket(s, sock);
-        }
-        if (s->multi) {
-            /* We forgot the sockets already; no more callbacks */
-            curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, NULL);
-            curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, NULL);
-            curl_multi_cleanup(s->multi);
-            s->multi = NULL;
+        QLIST_FOREACH(sock, &s->sockets, next) {
+            curl_watch_socket(s, sock, false);
         }
     }
     timer_del(&s->timer);
@@ -1023,7 +1110,7 @@ static QemuOptsList runtime_opts = {
         {
             .name = CURL_OPT_BLOCKSIZE,
             .type = QEMU_OPT_SIZE,
-            .help = "Size of the blocks fetched and cached, a power of two "
+            .help = "Size of the blocks of the cache, a power of two "
                     "from 4k to 64M (default: 2M)",
         },
         {
@@ -1174,7 +1261,7 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
                               "blocksize = %" PRIu64 " bytes", room);
     }
 
-    s->offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
+    s->remote_offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
     return true;
 }
 
@@ -1192,7 +1279,7 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
 
     url = qemu_opt_get(opts, CURL_OPT_URL);
     if (!url) {
-        error_setg(errp, "curl block driver requires an 'url' option");
+        error_setg(errp, QERR_MISSING_PARAMETER, CURL_OPT_URL);
         goto out;
     }
     if (!strstart(url, bs->drv->protocol_name, &rest) ||
@@ -1216,8 +1303,8 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
 
     cookie = qemu_opt_get(opts, CURL_OPT_COOKIE);
     if (cookie && qemu_opt_get(opts, CURL_OPT_COOKIE_SECRET)) {
-        error_setg(errp, "curl driver cannot handle both cookie and cookie "
-                   "secret");
+        error_setg(errp, "'%s' and '%s' cannot be used together",
+                   CURL_OPT_COOKIE, CURL_OPT_COOKIE_SECRET);
         goto out;
     }
     if (cookie) {
@@ -1254,9 +1341,10 @@ static bool curl_same_origin(const char *a, const char *b)
 }
 
 /*
- * A URL that redirects would cost every transfer a second round trip:
- * ask where it led once, at open.  Credentials and cookies only go where
- * libcurl would have sent them, to the same origin.
+ * A URL that redirects would cost every transfer a second round trip: ask
+ * where it led once, when @easy followed it, and send transfers there
+ * directly.  Credentials and cookies only go where libcurl would have sent
+ * them, to the same origin.
  */
 static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
 {
@@ -1271,7 +1359,7 @@ static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
     }
     use = !(s->username || s->password || s->cookie) ||
           curl_same_origin(s->url, where);
-    trace_curl_redirect(s, where, redirects, use);
+    trace_curl_resolve_redirect(s, where, redirects, use);
     if (use) {
         s->redirect_url = g_strdup(where);
     }
@@ -1310,6 +1398,8 @@ typedef struct CURLProbe {
     CURLHeaders headers;
     bool range_get;             /* asking for the first byte */
     uint64_t body;              /* body bytes the server sent */
+    long status;
+    CURLcode code;
     char errbuf[CURL_ERROR_SIZE];
 } CURLProbe;
 
@@ -1327,25 +1417,26 @@ static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
     return p->range_get && p->body > 1 ? 0 : size * nmemb;
 }
 
-/* Run the request set up on @easy; on failure say why in @errp */
+/* Run the request set up on @easy; 0, or -errno and why in @errp */
 static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
-                              const char *what, long *status, Error **errp)
+                              const char *what, Error **errp)
 {
-    CURLcode code;
+    char why[CURL_ERROR_SIZE + 64];
 
     p->body = 0;
     p->errbuf[0] = '\0';
-    code = curl_easy_perform(easy);
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, status);
-    trace_curl_probe(s, what, code, *status, p->headers.accept_ranges);
-    if (code != CURLE_OK && !(p->range_get && code == CURLE_WRITE_ERROR)) {
-        char why[CURL_ERROR_SIZE + 64];
-
-        curl_describe(code, *status, p->errbuf, why, sizeof(why));
-        error_setg(errp, "%s", why);
-        return curl_errno(code, *status);
+    p->status = 0;
+    p->code = curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &p->status);
+    trace_curl_probe_perform(s, what, p->code, p->status,
+                             p->headers.accept_ranges);
+    if (p->code == CURLE_OK ||
+        (p->range_get && p->code == CURLE_WRITE_ERROR)) {
+        return 0;
     }
-    return 0;
+    curl_describe(p->code, p->status, p->errbuf, why, sizeof(why));
+    error_setg(errp, "%s", why);
+    return curl_errno(p->code, p->status);
 }
 
 /*
@@ -1357,7 +1448,7 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
 {
     ERRP_GUARD();
     CURLHeaders *h = &p->headers;
-    long status = 0;
+    Error *local_err = NULL;
     int ret;
 
     curl_setopt(easy, CURLOPT_NOBODY, 0L, errp);
@@ -1367,27 +1458,42 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
         return -EIO;
     }
     p->range_get = true;
-    ret = curl_probe_perform(s, easy, p, "GET bytes 0-0", &status,
-                             errp);
-    if (ret < 0 && status == 416 && h->has_total && h->range_total == 0) {
+    ret = curl_probe_perform(s, easy, p, "GET bytes 0-0", &local_err);
+    if (ret < 0 && p->status == 416 && h->has_total && h->range_total == 0) {
         /* An empty file has no first byte */
-        error_free(*errp);
-        *errp = NULL;
+        error_free(local_err);
         s->remote_len = 0;
         return 0;
     }
     if (ret < 0) {
+        error_propagate(errp, local_err);
         return ret;
     }
-    if (status != 206 || !h->has_range || h->range_first != 0 ||
+    if (p->status != 206 || !h->has_range || h->range_first != 0 ||
         h->range_last != 0 || p->body != 1) {
         error_setg(errp, "the server does not support byte ranges: it "
                    "answered a request for the first byte with HTTP %ld%s",
-                   status, status == 206 ? " and no valid Content-Range" : "");
+                   p->status, p->status == 206 ?
+                   " and no valid Content-Range" : "");
         return -ENOTSUP;
     }
     s->remote_len = h->range_total;
     return 0;
+}
+
+/* The length HEAD reported, or -1 */
+static int64_t curl_probe_length(CURL *easy)
+{
+#ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
+    curl_off_t len = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+#else
+    double len = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
+#endif
+    return len < 0 ? -1 : len;
 }
 
 /* What the remote file's length is, and that we can read ranges of it */
@@ -1397,7 +1503,8 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
     g_autofree CURLProbe *p = g_new0(CURLProbe, 1);
     CURLHeaders *h = &p->headers;
     CURL *easy = curl_easy_init();
-    long status = 0;
+    Error *head_err = NULL;
+    int64_t len;
     int ret;
 
     if (!easy) {
@@ -1413,31 +1520,22 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         goto out;
     }
 
-    ret = curl_probe_perform(s, easy, p, "HEAD", &status, errp);
-    if (ret < 0 && h->http && status != 401 && status != 404 &&
-        status != 407 && status != 410) {
+    ret = curl_probe_perform(s, easy, p, "HEAD", &head_err);
+    len = curl_probe_length(easy);
+    if (ret < 0 && h->http && !curl_status_is_final(p->status)) {
         /* HEAD refused: GET will tell */
-        error_free(*errp);
-        *errp = NULL;
+        error_free(head_err);
         ret = curl_probe_range(s, easy, p, errp);
-    } else if (ret == 0) {
-#ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
-        curl_off_t len = -1;
-
-        curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-#else
-        double len = -1;
-
-        curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
-#endif
-        s->remote_len = MAX(len, 0);
-        if (h->http && (!h->accept_ranges || len < 0) && len != 0) {
-            /* Ranges not advertised, or no length: a range GET tells */
-            ret = curl_probe_range(s, easy, p, errp);
-        } else if (len < 0) {
-            error_setg(errp, "the server did not report the file size");
-            ret = -EIO;
-        }
+    } else if (ret < 0) {
+        error_propagate(errp, head_err);
+    } else if (h->http && (!h->accept_ranges || len < 0) && len != 0) {
+        /* Ranges not advertised, or no length: a range GET tells */
+        ret = curl_probe_range(s, easy, p, errp);
+    } else if (len < 0) {
+        error_setg(errp, "the server did not report the file size");
+        ret = -EIO;
+    } else {
+        s->remote_len = len;
     }
     if (ret < 0) {
         goto out;
@@ -1450,20 +1548,64 @@ out:
     return ret;
 }
 
-/* The libcurl state shared by all handles of the node */
-static void curl_init_share(BDRVCURLState *s)
+/* The libcurl state shared by all transfers of the node */
+static bool curl_init_share(BDRVCURLState *s, Error **errp)
 {
+    ERRP_GUARD();
+
     /*
      * Transfers resume TLS sessions and reuse DNS answers.  The handles that
-     * use the share never run concurrently, so it needs no lock callbacks.
-     * Without it, things only get slower.
+     * use the share never run concurrently (the probe is over before the
+     * transfers start), so it needs no lock callbacks.
      */
     s->share = curl_share_init();
-    if (s->share) {
-        curl_share_setopt(s->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-        curl_share_setopt(s->share, CURLSHOPT_SHARE,
-                          CURL_LOCK_DATA_SSL_SESSION);
+    if (!s->share) {
+        error_setg(errp, "libcurl could not create a share handle");
+        return false;
     }
+    curl_share_setopt_checked(s->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS,
+                              errp);
+    curl_share_setopt_checked(s->share, CURLSHOPT_SHARE,
+                              CURL_LOCK_DATA_SSL_SESSION, errp);
+    return !*errp;
+}
+
+/* The multi handle that runs the transfers, and the transfers */
+static bool curl_init_multi(BDRVCURLState *s, Error **errp)
+{
+    ERRP_GUARD();
+    unsigned i;
+
+    s->multi = curl_multi_init();
+    if (!s->multi) {
+        error_setg(errp, "libcurl could not create a multi handle");
+        return false;
+    }
+    curl_multi_setopt_checked(s->multi, CURLMOPT_SOCKETFUNCTION,
+                              curl_sock_cb, errp);
+    curl_multi_setopt_checked(s->multi, CURLMOPT_SOCKETDATA, s, errp);
+    curl_multi_setopt_checked(s->multi, CURLMOPT_TIMERFUNCTION,
+                              curl_timer_cb, errp);
+    curl_multi_setopt_checked(s->multi, CURLMOPT_TIMERDATA, s, errp);
+    curl_multi_setopt_checked(s->multi, CURLMOPT_MAXCONNECTS,
+                              (long)s->connections, errp);
+#ifdef HAVE_CURLMOPT_MAX_HOST_CONNECTIONS
+    curl_multi_setopt_checked(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                              (long)s->connections, errp);
+    curl_multi_setopt_checked(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                              (long)s->connections, errp);
+#endif
+    if (*errp) {
+        return false;
+    }
+
+    s->transfers = g_new0(CURLTransfer, s->connections);
+    for (i = 0; i < s->connections; i++) {
+        if (!curl_transfer_init(s, &s->transfers[i], errp)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 static void curl_free_state(BDRVCURLState *s)
@@ -1474,8 +1616,12 @@ static void curl_free_state(BDRVCURLState *s)
         if (s->transfers[i].easy) {
             curl_easy_cleanup(s->transfers[i].easy);
         }
+        g_free(s->transfers[i].redirected);
     }
     g_free(s->transfers);
+    if (s->multi) {
+        curl_multi_cleanup(s->multi);
+    }
     curl_slist_free_all(s->req_headers);
     if (s->share) {
         curl_share_cleanup(s->share);
@@ -1508,24 +1654,57 @@ static bool curl_global_init_once(Error **errp)
     return true;
 }
 
-static void curl_init_cache(BDRVCURLState *s)
+/*
+ * Readahead splits its window over the connections it may use, so that they
+ * all carry some of it, in requests of CURL_READAHEAD_FETCH at most
+ */
+static uint64_t curl_readahead_fetch_size(BDRVCURLState *s)
 {
-    qemu_mutex_init(&s->mutex);
-    QSIMPLEQ_INIT(&s->fetch_queue);
-    QSIMPLEQ_INIT(&s->prefetch_queue);
-    QLIST_INIT(&s->sockets);
-    range_cache_init(&s->cache, s->remote_len - s->offset, s->offset,
-                     s->blocksize, s->blockcount, &curl_cache_ops, s,
-                     &s->mutex);
-    range_cache_set_readahead(&s->cache,
-                              DIV_ROUND_UP(s->readahead, s->blocksize));
+    uint64_t size = s->readahead / MAX(1, s->connections - 1);
+
+    size = MIN(size, CURL_READAHEAD_FETCH);
+    return MAX(ROUND_UP(size, RANGE_CACHE_GRANULE), RANGE_CACHE_GRANULE);
+}
+
+static int curl_init_cache(BDRVCURLState *s, Error **errp)
+{
+    int ret;
+
+    ret = range_cache_init(&s->cache, s->remote_len - s->remote_offset,
+                           s->remote_offset, s->blocksize, s->blockcount,
+                           &curl_cache_ops, s, &s->mutex);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "could not reserve %" PRIu64 " bytes "
+                         "for the cache", s->blocksize * s->blockcount);
+        return ret;
+    }
+    range_cache_set_readahead(&s->cache, s->readahead,
+                              curl_readahead_fetch_size(s));
+    return 0;
+}
+
+/*
+ * Open every connection but one in parallel now, each fetching the start of
+ * the image: what the first reads of a format driver need is then on the
+ * way, and the connections are ready when readahead wants them.  Not for
+ * FTP, where every transfer opens a connection anyway, and not when the
+ * user turned readahead off.
+ */
+static void curl_warm_up(BDRVCURLState *s)
+{
+    unsigned n = MAX(1, s->connections - 1);
+
+    if (!s->readahead || g_str_has_prefix(s->url, "ftp")) {
+        return;
+    }
+    range_cache_read_ahead(&s->cache, 0, n * CURL_WARM_UP_FETCH,
+                           CURL_WARM_UP_FETCH);
 }
 
 static int curl_open(BlockDriverState *bs, QDict *options, int flags,
                      Error **errp)
 {
     BDRVCURLState *s = bs->opaque;
-    unsigned i;
     int ret;
 
     bdrv_graph_rdlock_main_loop();
@@ -1539,65 +1718,93 @@ static int curl_open(BlockDriverState *bs, QDict *options, int flags,
         return -EIO;
     }
 
+    qemu_mutex_init(&s->mutex);
+    QSIMPLEQ_INIT(&s->miss_queue);
+    QSIMPLEQ_INIT(&s->readahead_queue);
+    QLIST_INIT(&s->sockets);
     if (!curl_parse_options(bs, s, options, errp)) {
         ret = -EINVAL;
         goto fail;
     }
-    curl_init_share(s);
+    if (!curl_init_share(s, errp)) {
+        ret = -EIO;
+        goto fail;
+    }
     ret = curl_probe(s, errp);
     if (ret < 0) {
         goto fail;
     }
-    if (s->offset && s->offset >= s->remote_len) {
+    if (s->remote_offset && s->remote_offset >= s->remote_len) {
         error_setg(errp, "offset %" PRIu64 " is at or past the end of the "
-                   "remote file, which has %" PRIu64 " bytes", s->offset,
-                   s->remote_len);
+                   "remote file, which has %" PRIu64 " bytes",
+                   s->remote_offset, s->remote_len);
         ret = -EINVAL;
         goto fail;
     }
-
-    s->transfers = g_new0(CURLTransfer, s->connections);
-    for (i = 0; i < s->connections; i++) {
-        if (!curl_transfer_init(s, &s->transfers[i], errp)) {
-            ret = -EIO;
-            goto fail;
-        }
+    if (!curl_init_multi(s, errp)) {
+        ret = -EIO;
+        goto fail;
     }
-    curl_init_cache(s);
+    ret = curl_init_cache(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     curl_attach_aio_context(bs, bdrv_get_aio_context(bs));
-
-    trace_curl_open(s, s->url, s->cache.length, s->offset, s->blocksize,
-                    s->blockcount, s->connections, s->readahead);
+    trace_curl_open(s, s->url, s->cache.length, s->remote_offset,
+                    s->blocksize, s->blockcount, s->connections,
+                    s->readahead);
+    curl_warm_up(s);
     return 0;
 
 fail:
     curl_free_state(s);
+    qemu_mutex_destroy(&s->mutex);
     return ret;
 }
 
+static void curl_close_cache(BDRVCURLState *s)
+{
+    RangeCacheStats *st = &s->cache.stats;
+
+    trace_curl_close_cache(s, st->hits, st->misses, st->waits,
+                           st->readaheads, st->readahead_unread,
+                           st->evictions);
+}
 
 static void curl_close(BlockDriverState *bs)
 {
     BDRVCURLState *s = bs->opaque;
     RangeCacheStats *st = &s->cache.stats;
-    RangeCacheBlock *blk;
+    RangeCacheFetch *fetch;
+    unsigned i;
 
-    curl_detach_aio_context(bs);
-
-    /* Reads are drained: what is still queued is readahead */
+    /* Reads are drained: what is still going on is readahead */
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
-        while ((blk = curl_dequeue_locked(s, true))) {
-            range_cache_complete_locked(&s->cache, blk, -ECANCELED);
-        }
-    }
-    range_cache_destroy(&s->cache);
-    trace_curl_close(s, s->nb_transfers, s->bytes_fetched, st->bytes_served,
-                     s->nb_retries, st->failures);
-    trace_curl_close_cache(s, st->hits, st->misses, st->waits,
-                           st->prefetches, st->prefetch_unused);
+        for (i = 0; i < s->connections; i++) {
+            CURLTransfer *t = &s->transfers[i];
 
-    qemu_mutex_destroy(&s->mutex);
+            if (t->fetch) {
+                fetch = t->fetch;
+                curl_multi_remove_handle(s->multi, t->easy);
+                curl_transfer_unbind_locked(t);
+                range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
+            }
+        }
+        while ((fetch = curl_dequeue_locked(s, true))) {
+            range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
+        }
+        /* Its callbacks close the connections in aio_context */
+        curl_multi_cleanup(s->multi);
+        s->multi = NULL;
+    }
+    curl_detach_aio_context(bs);
+    range_cache_destroy(&s->cache);
+    trace_curl_close(s, s->nb_transfers, st->bytes_fetched, st->bytes_served,
+                     s->nb_retries, st->failures, s->nb_reads,
+                     s->read_wait_ns / SCALE_US);
+    curl_close_cache(s);
     curl_free_state(s);
+    qemu_mutex_destroy(&s->mutex);
 }
 
 static int coroutine_fn curl_co_preadv(BlockDriverState *bs, int64_t offset,
@@ -1605,9 +1812,19 @@ static int coroutine_fn curl_co_preadv(BlockDriverState *bs, int64_t offset,
                                        BdrvRequestFlags flags)
 {
     BDRVCURLState *s = bs->opaque;
+    int64_t start = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    int64_t duration;
+    int ret;
 
     trace_curl_co_preadv(s, offset, bytes);
-    return range_cache_co_read(&s->cache, offset, bytes, qiov, 0);
+    ret = range_cache_co_read(&s->cache, offset, bytes, qiov, 0);
+    duration = qemu_clock_get_ns(QEMU_CLOCK_REALTIME) - start;
+    trace_curl_co_preadv_done(s, offset, bytes, ret, duration / SCALE_US);
+    WITH_QEMU_LOCK_GUARD(&s->mutex) {
+        s->nb_reads++;
+        s->read_wait_ns += duration;
+    }
+    return ret;
 }
 
 static int64_t coroutine_fn curl_co_getlength(BlockDriverState *bs)
@@ -1631,7 +1848,7 @@ static void curl_refresh_filename(BlockDriverState *bs)
      * The URL alone names the image unless options change what it reads or
      * how we may access it.  The cache options do neither.
      */
-    if (!s->sslverify || s->offset || s->cookie || s->username ||
+    if (!s->sslverify || s->remote_offset || s->cookie || s->username ||
         s->password || s->proxy_username || s->proxy_password) {
         return;
     }

@@ -5,9 +5,10 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * A fake fetcher stands in for the transport: it queues the blocks the cache
- * asks for, and each test decides when and how they complete.  Readers are
- * coroutines, so that waiting for a block or for room really yields.
+ * A fake fetcher stands in for the transport: it queues the fetches the
+ * cache starts, and each test decides when their bytes arrive, how many at
+ * a time, and how they end.  Readers are coroutines, so that waiting for
+ * bytes or for room really yields.
  */
 
 #include "qemu/osdep.h"
@@ -16,16 +17,18 @@
 #include "block/range-cache.h"
 #include "iothread.h"
 
-#define BS  (4 * KiB)
+#define G   RANGE_CACHE_GRANULE
+#define BS  (4 * G)             /* the block size of most tests */
 
 typedef struct TestCache {
     RangeCache rc;
     QemuMutex lock;
     uint8_t *image;             /* the remote file */
     uint64_t remote_len;
-    GQueue pending;             /* blocks the cache asked to fetch */
+    GQueue pending;             /* fetches the cache started */
     unsigned fetches;
-    GString *events;            /* "h0 m1 e1 ..." */
+    unsigned finished;          /* reads that finished */
+    GString *events;            /* "m0:4096 h0:100 ..." */
 } TestCache;
 
 typedef struct TestRead {
@@ -35,18 +38,19 @@ typedef struct TestRead {
     uint8_t *buf;
     int ret;
     bool done;
+    unsigned order;             /* 1 for the first read to finish, ... */
 } TestRead;
 
-static void test_fetch(void *opaque, RangeCacheBlock *blk)
+static void test_fetch(void *opaque, RangeCacheFetch *fetch)
 {
     TestCache *tc = opaque;
 
-    g_queue_push_tail(&tc->pending, blk);
+    g_queue_push_tail(&tc->pending, fetch);
     tc->fetches++;
 }
 
-static void test_event(void *opaque, RangeCacheEvent event, uint64_t index,
-                       uint64_t arg)
+static void test_event(void *opaque, RangeCacheEvent event, uint64_t offset,
+                       uint64_t bytes)
 {
     static const char code[] = {
         [RANGE_CACHE_HIT] = 'h',
@@ -54,12 +58,13 @@ static void test_event(void *opaque, RangeCacheEvent event, uint64_t index,
         [RANGE_CACHE_MISS] = 'm',
         [RANGE_CACHE_NO_ROOM] = 'n',
         [RANGE_CACHE_EVICT] = 'e',
-        [RANGE_CACHE_EVICT_UNUSED] = 'u',
+        [RANGE_CACHE_EVICT_UNREAD] = 'u',
         [RANGE_CACHE_READAHEAD] = 'r',
     };
     TestCache *tc = opaque;
 
-    g_string_append_printf(tc->events, "%c%" PRIu64 " ", code[event], index);
+    g_string_append_printf(tc->events, "%c%" PRIu64 ":%" PRIu64 " ",
+                           code[event], offset, bytes);
 }
 
 static const RangeCacheOps test_ops = {
@@ -67,8 +72,9 @@ static const RangeCacheOps test_ops = {
     .event = test_event,
 };
 
-static TestCache *test_cache_new(uint64_t remote_len, uint64_t offset,
-                                 unsigned capacity)
+static TestCache *test_cache_new_bs(uint64_t remote_len,
+                                    uint64_t remote_offset,
+                                    uint64_t block_size, unsigned capacity)
 {
     TestCache *tc = g_new0(TestCache, 1);
     uint64_t i;
@@ -81,9 +87,17 @@ static TestCache *test_cache_new(uint64_t remote_len, uint64_t offset,
     }
     g_queue_init(&tc->pending);
     tc->events = g_string_new(NULL);
-    range_cache_init(&tc->rc, remote_len - offset, offset, BS, capacity,
-                     &test_ops, tc, &tc->lock);
+    g_assert_cmpint(range_cache_init(&tc->rc, remote_len - remote_offset,
+                                     remote_offset, block_size, capacity,
+                                     &test_ops, tc, &tc->lock), ==, 0);
+    range_cache_set_readahead(&tc->rc, 0, G);
     return tc;
+}
+
+static TestCache *test_cache_new(uint64_t remote_len, uint64_t remote_offset,
+                                 unsigned capacity)
+{
+    return test_cache_new_bs(remote_len, remote_offset, BS, capacity);
 }
 
 static void test_cache_free(TestCache *tc)
@@ -105,35 +119,52 @@ static char *test_events(TestCache *tc)
     return s;
 }
 
-/* Complete the fetch of @blk with @ret, copying the remote bytes */
-static void test_complete_block(TestCache *tc, RangeCacheBlock *blk, int ret)
+#define assert_events(tc, want) do {                \
+    g_autofree char *ev_ = test_events(tc);         \
+    g_assert_cmpstr(ev_, ==, want);                 \
+} while (0)
+
+/* Pending fetch number @n, oldest first */
+static RangeCacheFetch *test_nth(TestCache *tc, unsigned n)
+{
+    RangeCacheFetch *f = g_queue_peek_nth(&tc->pending, n);
+
+    g_assert(f);
+    return f;
+}
+
+/* The next @n bytes of @f arrive (fewer if it has fewer left) */
+static void test_write(TestCache *tc, RangeCacheFetch *f, uint64_t n)
 {
     uint64_t first, last;
 
-    g_assert_cmpint(blk->state, ==, RANGE_CACHE_FETCHING);
-    range_cache_remote_range(&tc->rc, blk, &first, &last);
-    g_assert_cmpuint(last, <, tc->remote_len);
-    if (ret == 0) {
-        memcpy(blk->data, tc->image + first, last - first + 1);
-    }
     qemu_mutex_lock(&tc->lock);
-    range_cache_complete_locked(&tc->rc, blk, ret);
+    range_cache_fetch_remote_range(&tc->rc, f, &first, &last);
+    g_assert_cmpuint(last, <, tc->remote_len);
+    n = MIN(n, last - first + 1);
+    g_assert_true(range_cache_fetch_write_locked(&tc->rc, f,
+                                                 tc->image + first, n));
+    range_cache_wake_locked(&tc->rc);
     qemu_mutex_unlock(&tc->lock);
 }
 
-/* Complete pending fetch number @n with @ret */
+/*
+ * End pending fetch number @n: with all of its bytes, arriving in pieces
+ * that do not fall on granules, or with @ret
+ */
 static void test_complete_nth(TestCache *tc, unsigned n, int ret)
 {
-    RangeCacheBlock *blk;
+    RangeCacheFetch *f = test_nth(tc, n);
 
+    g_queue_pop_nth(&tc->pending, n);
+    while (ret == 0 && f->pos < f->end) {
+        test_write(tc, f, 3000);
+    }
     qemu_mutex_lock(&tc->lock);
-    blk = g_queue_pop_nth(&tc->pending, n);
+    range_cache_fetch_done_locked(&tc->rc, f, ret);
     qemu_mutex_unlock(&tc->lock);
-    g_assert(blk);
-    test_complete_block(tc, blk, ret);
 }
 
-/* Complete the oldest pending fetch */
 static void test_complete_one(TestCache *tc, int ret)
 {
     test_complete_nth(tc, 0, ret);
@@ -155,6 +186,7 @@ static void coroutine_fn test_read_entry(void *opaque)
     qemu_iovec_init_buf(&qiov, r->buf, r->bytes);
     r->ret = range_cache_co_read(&r->tc->rc, r->offset, r->bytes, &qiov, 0);
     r->done = true;
+    r->order = ++r->tc->finished;
 }
 
 /* Start a read; it runs until it has to wait */
@@ -183,7 +215,7 @@ static void test_read_check(TestRead *r)
     g_assert_cmpint(r->ret, ==, 0);
     for (i = 0; i < r->bytes; i++) {
         uint64_t pos = r->offset + i;
-        uint8_t want = pos < len ? tc->image[tc->rc.offset + pos] : 0;
+        uint8_t want = pos < len ? tc->image[tc->rc.remote_offset + pos] : 0;
 
         if (r->buf[i] != want) {
             g_error("byte %" PRIu64 " of the read at %" PRIu64 ": 0x%x, "
@@ -198,14 +230,20 @@ static void test_read_free(TestRead *r)
     g_free(r);
 }
 
+/* Check a finished read and free it */
+static void test_read_end(TestRead *r)
+{
+    test_read_check(r);
+    test_read_free(r);
+}
+
 /* A read that completes once every fetch it causes has completed */
 static void test_read_sync(TestCache *tc, uint64_t offset, uint64_t bytes)
 {
     TestRead *r = test_read_start(tc, offset, bytes);
 
     test_complete_all(tc);
-    test_read_check(r);
-    test_read_free(r);
+    test_read_end(r);
 }
 
 static void test_geometry(void)
@@ -239,61 +277,69 @@ static void test_geometry(void)
     test_cache_free(tc);
 }
 
-/* The remote range of a block: offset applied, last byte inclusive */
+/* The remote range of a fetch: offset applied, last byte inclusive */
 static void test_remote_range(void)
 {
-    TestCache *tc = test_cache_new(10000, 0, 4);
-    RangeCacheBlock blk = { 0 };
+    TestCache *tc = test_cache_new(1000 + 10000, 1000, 4);
+    TestRead *r;
+    RangeCacheFetch *f;
     uint64_t first, last;
 
-    range_cache_block_extent(&tc->rc, 0, &blk.start, &blk.len);
-    range_cache_remote_range(&tc->rc, &blk, &first, &last);
-    g_assert_cmpuint(first, ==, 0);
-    g_assert_cmpuint(last, ==, BS - 1);
-    test_cache_free(tc);
-
-    /* An offset that is not a multiple of the block size */
-    tc = test_cache_new(1000 + 10000, 1000, 4);
     g_assert_cmpuint(tc->rc.length, ==, 10000);
-    g_assert_cmpuint(range_cache_nb_image_blocks(&tc->rc), ==, 3);
-    range_cache_block_extent(&tc->rc, 1, &blk.start, &blk.len);
-    range_cache_remote_range(&tc->rc, &blk, &first, &last);
-    g_assert_cmpuint(first, ==, 1000 + BS);
-    g_assert_cmpuint(last, ==, 1000 + 2 * BS - 1);
-    range_cache_block_extent(&tc->rc, 2, &blk.start, &blk.len);
-    range_cache_remote_range(&tc->rc, &blk, &first, &last);
-    g_assert_cmpuint(first, ==, 1000 + 2 * BS);
+    r = test_read_start(tc, 9000, 500);
+    f = test_nth(tc, 0);
+    range_cache_fetch_remote_range(&tc->rc, f, &first, &last);
+    g_assert_cmpuint(first, ==, 1000 + 2 * G);
     g_assert_cmpuint(last, ==, 1000 + 10000 - 1);
-    g_assert_cmpuint(last - first + 1, ==, blk.len);
+
+    /* What is left of it, once some bytes arrived */
+    test_write(tc, f, 100);
+    range_cache_fetch_remote_range(&tc->rc, f, &first, &last);
+    g_assert_cmpuint(first, ==, 1000 + 2 * G + 100);
+    g_assert_cmpuint(last, ==, 1000 + 10000 - 1);
+    test_complete_all(tc);
+    test_read_end(r);
     test_cache_free(tc);
 }
 
-/* Reads are served from blocks, each fetched once while it stays cached */
-static void test_read_fetches_once(void)
+/* A read fetches what it needs, rounded to granules, and only once */
+static void test_read_granules(void)
 {
     TestCache *tc = test_cache_new(1000 + 10 * BS + 123, 1000, 16);
-    g_autofree char *ev1 = NULL;
-    g_autofree char *ev2 = NULL;
 
-    /* Three blocks, unaligned at both ends, fetched together */
-    test_read_sync(tc, 10, 3 * BS - 20);
-    g_assert_cmpuint(tc->fetches, ==, 3);
-    ev1 = test_events(tc);
-    g_assert_cmpstr(ev1, ==, "m0 m1 m2");
+    test_read_sync(tc, 5000, 100);
+    assert_events(tc, "m4096:4096 w4096:4096");
+    test_read_sync(tc, 4096, 4096);
+    test_read_sync(tc, 6000, 1);
+    assert_events(tc, "h4096:4096 h6000:1");
+    g_assert_cmpuint(tc->fetches, ==, 1);
 
-    /* Then served from the cache */
-    test_read_sync(tc, 0, 3 * BS);
-    test_read_sync(tc, 5, 1);
-    g_assert_cmpuint(tc->fetches, ==, 3);
-    ev2 = test_events(tc);
-    g_assert_cmpstr(ev2, ==, "h0 h1 h2 h0");
-
-    /* The short last block, and a read straddling the end of the image */
+    /* The granule before, and the short one at the end of the image */
+    test_read_sync(tc, 4000, 200);
+    assert_events(tc, "m0:4096 w0:4096");
     test_read_sync(tc, 10 * BS - 7, 200);
-    test_read_sync(tc, 10 * BS + 100, 23);
-    g_assert_cmpuint(tc->fetches, ==, 5);
+    assert_events(tc, "m159744:4219 w159744:4096 h163840:123");
     g_assert_cmpuint(tc->rc.stats.bytes_served, ==,
-                     (3 * BS - 20) + 3 * BS + 1 + 130 + 23);
+                     100 + 4096 + 1 + 200 + 130);
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, 3 * G + 123);
+    test_cache_free(tc);
+}
+
+/* A read across blocks is one fetch; a large one, several at once */
+static void test_read_spans_blocks(void)
+{
+    TestCache *tc = test_cache_new_bs(4 * MiB, 0, 16 * KiB, 128);
+    TestRead *r;
+
+    test_read_sync(tc, 16 * KiB - 100, 200);
+    assert_events(tc, "m12288:8192 w12288:4096 w18288:2192");
+
+    r = test_read_start(tc, 1 * MiB, 1 * MiB + 1);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 3);
+    assert_events(tc, "m1048576:524288 m1572864:524288 m2097152:4096 "
+                  "w1048576:16384");
+    test_complete_all(tc);
+    test_read_end(r);
     test_cache_free(tc);
 }
 
@@ -309,234 +355,369 @@ static void test_read_past_end(void)
     test_cache_free(tc);
 }
 
+/* A read waits for its own bytes, not for the rest of the fetch */
+static void test_partial_progressive(void)
+{
+    TestCache *tc = test_cache_new_bs(1 * MiB, 0, 64 * KiB, 4);
+    TestRead *whole, *head, *tail;
+    RangeCacheFetch *f;
+
+    whole = test_read_start(tc, 0, 64 * KiB);
+    head = test_read_start(tc, 100, 1000);
+    tail = test_read_start(tc, 60 * KiB, 4 * KiB);
+    g_assert_cmpuint(tc->fetches, ==, 1);
+    assert_events(tc, "m0:65536 w0:65536 w0:4096 w0:65536");
+    f = test_nth(tc, 0);
+
+    /* Not a whole granule yet */
+    test_write(tc, f, 4000);
+    g_assert_false(head->done);
+    test_write(tc, f, 96);
+    g_assert_true(head->done);
+    test_read_end(head);
+    g_assert_false(whole->done || tail->done);
+
+    test_complete_all(tc);
+    test_read_end(whole);
+    test_read_end(tail);
+    test_cache_free(tc);
+}
+
+/* Readers of one fetch are woken in the order their bytes arrive */
+static void test_partial_order(void)
+{
+    TestCache *tc = test_cache_new_bs(1 * MiB, 0, 16 * KiB, 8);
+    static const uint64_t offsets[] = { 60 * KiB, 8 * KiB, 30 * KiB, 0 };
+    TestRead *r[ARRAY_SIZE(offsets)];
+    TestRead *first = test_read_start(tc, 0, 64 * KiB);
+    RangeCacheFetch *f = test_nth(tc, 0);
+    unsigned i;
+
+    for (i = 0; i < ARRAY_SIZE(offsets); i++) {
+        r[i] = test_read_start(tc, offsets[i], 1 * KiB);
+    }
+    g_assert_cmpuint(tc->fetches, ==, 1);
+    while (f->pos < f->end - 4 * KiB) {
+        test_write(tc, f, 4 * KiB);
+    }
+    g_assert_false(first->done || r[0]->done);
+    test_complete_all(tc);
+    g_assert_cmpuint(r[3]->order, ==, 1);
+    g_assert_cmpuint(r[1]->order, ==, 2);
+    g_assert_cmpuint(r[2]->order, ==, 3);
+    g_assert_cmpuint(r[0]->order, >, 3);
+    for (i = 0; i < ARRAY_SIZE(offsets); i++) {
+        test_read_end(r[i]);
+    }
+    test_read_end(first);
+    test_cache_free(tc);
+}
+
+/*
+ * A fetch that fails half-way: reads of what arrived complete, the others
+ * fail, and what did not arrive is fetched again by the next read
+ */
+static void test_partial_failure(void)
+{
+    TestCache *tc = test_cache_new_bs(1 * MiB, 0, 64 * KiB, 4);
+    TestRead *whole, *head, *tail;
+    RangeCacheFetch *f;
+
+    whole = test_read_start(tc, 0, 64 * KiB);
+    head = test_read_start(tc, 0, 4 * KiB);
+    tail = test_read_start(tc, 40 * KiB, 4 * KiB);
+    f = test_nth(tc, 0);
+    test_write(tc, f, 32 * KiB + 100);
+    test_read_end(head);
+    g_queue_pop_head(&tc->pending);
+    qemu_mutex_lock(&tc->lock);
+    range_cache_fetch_done_locked(&tc->rc, f, -EIO);
+    qemu_mutex_unlock(&tc->lock);
+    g_assert_true(whole->done && tail->done);
+    g_assert_cmpint(whole->ret, ==, -EIO);
+    g_assert_cmpint(tail->ret, ==, -EIO);
+    test_read_free(whole);
+    test_read_free(tail);
+    g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
+    test_events(tc);
+
+    /* What arrived is served; the granule that arrived in part is not */
+    test_read_sync(tc, 0, 32 * KiB);
+    assert_events(tc, "h0:32768");
+    test_read_sync(tc, 32 * KiB, 10);
+    assert_events(tc, "m32768:4096 w32768:4096");
+    test_read_sync(tc, 0, 64 * KiB);
+    assert_events(tc, "m36864:28672 w36864:28672");
+    test_cache_free(tc);
+}
+
+/* A failure is not cached: the next read asks again */
+static void test_failure_not_cached(void)
+{
+    TestCache *tc = test_cache_new(10 * BS, 0, 4);
+    TestRead *a, *b;
+
+    a = test_read_start(tc, BS + 10, 20);
+    b = test_read_start(tc, BS + 15, 20);
+    test_complete_one(tc, -ENOENT);
+    g_assert_true(a->done && b->done);
+    g_assert_cmpint(a->ret, ==, -ENOENT);
+    g_assert_cmpint(b->ret, ==, -ENOENT);
+    test_read_free(a);
+    test_read_free(b);
+    test_read_sync(tc, BS + 10, 20);
+    assert_events(tc, "m16384:4096 w16384:4096 w16384:4096 m16384:4096 "
+                  "w16384:4096");
+    test_cache_free(tc);
+}
+
+/* A partly valid block is evicted like any other, and fetched again */
+static void test_partial_eviction(void)
+{
+    TestCache *tc = test_cache_new(64 * BS, 0, 2);
+
+    /* Far enough apart not to make a stream */
+    test_read_sync(tc, 0, 10);
+    test_read_sync(tc, 20 * BS, 10);
+    test_read_sync(tc, 40 * BS, 10);
+    assert_events(tc, "m0:4096 w0:4096 m327680:4096 w327680:4096 e0:16384 "
+                  "m655360:4096 w655360:4096");
+    test_read_sync(tc, 0, 10);
+    assert_events(tc, "e327680:16384 m0:4096 w0:4096");
+    test_read_sync(tc, 40 * BS + 1, 10);
+    assert_events(tc, "h655361:10");
+    test_cache_free(tc);
+}
+
+/* With one block, reads still complete, in pieces and one at a time */
+static void test_one_block(void)
+{
+    TestCache *tc = test_cache_new(8 * BS, 0, 1);
+    TestRead *a, *b;
+
+    test_read_sync(tc, BS - 100, 2 * BS + 200);
+    a = test_read_start(tc, 10, 3 * BS);
+    b = test_read_start(tc, 5 * BS, BS);
+    test_complete_all(tc);
+    test_read_end(a);
+    test_read_end(b);
+    test_cache_free(tc);
+}
+
 /* The least recently used block goes first, whenever it was fetched */
 static void test_lru_order(void)
 {
-    TestCache *tc = test_cache_new(16 * BS, 0, 3);
-    g_autofree char *ev1 = NULL;
-    g_autofree char *ev2 = NULL;
+    TestCache *tc = test_cache_new(128 * BS, 0, 3);
 
     test_read_sync(tc, 0 * BS, 1);
-    test_read_sync(tc, 1 * BS, 1);
-    test_read_sync(tc, 2 * BS, 1);
-    test_read_sync(tc, 0 * BS, 1);
-    g_free(test_events(tc));
-
-    /* Block 1 is the least recently used now */
-    test_read_sync(tc, 3 * BS, 1);
-    ev1 = test_events(tc);
-    g_assert_cmpstr(ev1, ==, "e1 m3");
-
-    test_read_sync(tc, 0 * BS, 1);
-    test_read_sync(tc, 1 * BS, 1);
-    ev2 = test_events(tc);
-    g_assert_cmpstr(ev2, ==, "h0 e2 m1");
-    g_assert_cmpuint(tc->rc.stats.evictions, ==, 2);
-    g_assert_cmpuint(tc->fetches, ==, 5);
+    test_read_sync(tc, 20 * BS, 1);
+    test_read_sync(tc, 40 * BS, 1);
+    test_read_sync(tc, 0 * BS, 1);      /* block 20 is now the oldest */
+    test_events(tc);
+    test_read_sync(tc, 60 * BS, 1);
+    assert_events(tc, "e327680:16384 m983040:4096 w983040:4096");
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 0), ==,
+                    RANGE_CACHE_LIST_LRU);
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 20), ==,
+                    RANGE_CACHE_LIST_NONE);
     test_cache_free(tc);
 }
 
-/*
- * A sequential stream evicts the blocks it read through before others: a
- * block read elsewhere (a format driver's metadata) is still there when the
- * stream reaches it.
- */
+/* Blocks a sequential stream read through go before the others */
 static void test_lru_streamed_first(void)
 {
     TestCache *tc = test_cache_new(64 * BS, 0, 4);
-    g_autofree char *ev = NULL;
-    uint64_t i;
 
-    test_read_sync(tc, 50 * BS + 10, 100);
-    for (i = 0; i <= 50; i++) {
-        test_read_sync(tc, i * BS, BS);
-    }
-    g_assert_cmpuint(tc->fetches, ==, 51);
-    ev = test_events(tc);
-    g_assert_nonnull(strstr(ev, "m49 h50"));
+    test_read_sync(tc, 40 * BS, 10);     /* metadata, say */
+    test_read_sync(tc, 0, BS);
+    test_read_sync(tc, BS, BS);          /* a stream of two reads */
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 1), ==,
+                    RANGE_CACHE_LIST_STREAMED);
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 40), ==,
+                    RANGE_CACHE_LIST_LRU);
+    test_events(tc);
+    test_read_sync(tc, 20 * BS, 10);
+    test_read_sync(tc, 30 * BS, 10);
+    assert_events(tc, "m327680:4096 w327680:4096 e16384:16384 m491520:4096 "
+                  "w491520:4096");
     test_cache_free(tc);
 }
 
-/* Read a little of @n blocks ten blocks apart, from block @first: no stream */
-static void test_read_far_apart(TestCache *tc, uint64_t first, unsigned n)
+/*
+ * Sequential reads fetch ahead, in fetches that span blocks, starting
+ * small and growing with the stream
+ */
+static void test_readahead_sequential(void)
 {
+    TestCache *tc = test_cache_new_bs(4 * MiB, 0, 16 * KiB, 128);
+    uint64_t pos;
+
+    range_cache_set_readahead(&tc->rc, 1 * MiB, 64 * KiB);
+    test_read_sync(tc, 0, 4 * KiB);
+    test_read_sync(tc, 4 * KiB, 4 * KiB);
+    /* A window of 256 KiB after the second read */
+    assert_events(tc, "m0:4096 w0:4096 m4096:4096 r8192:65536 r73728:65536 "
+                  "r139264:65536 r204800:65536 w4096:4096");
+    g_assert_cmpuint(range_cache_block_list(&tc->rc, 10), ==,
+                     RANGE_CACHE_LIST_UNREAD);
+    test_read_sync(tc, 8 * KiB, 4 * KiB);
+    /* 512 KiB */
+    assert_events(tc, "r270336:65536 r335872:65536 r401408:65536 "
+                  "r466944:65536 r532480:4096 h8192:4096");
+    test_read_sync(tc, 12 * KiB, 4 * KiB);
+    g_assert_cmpuint(tc->rc.stats.readaheads, ==, 4 + 5 + 9);
+    test_events(tc);
+    /* 1 MiB at most; a few bytes more are not worth a fetch */
+    test_read_sync(tc, 16 * KiB, 4 * KiB);
+    assert_events(tc, "h16384:4096");
+    for (pos = 20 * KiB; pos < 4 * MiB; pos += 4 * KiB) {
+        test_read_sync(tc, pos, 4 * KiB);
+    }
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, 4 * MiB);
+    g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 0);
+    test_cache_free(tc);
+}
+
+/* Random reads fetch nothing ahead */
+static void test_readahead_random(void)
+{
+    TestCache *tc = test_cache_new_bs(64 * MiB, 0, 64 * KiB, 64);
+    GRand *rand = g_rand_new_with_seed(1);
     unsigned i;
 
-    for (i = 0; i < n; i++) {
-        test_read_sync(tc, (first + 10 * i) * BS, 100);
+    range_cache_set_readahead(&tc->rc, 2 * MiB, 256 * KiB);
+    for (i = 0; i < 100; i++) {
+        test_read_sync(tc, g_rand_int_range(rand, 0, 64 * MiB - 64 * KiB),
+                       64 * KiB);
     }
+    /*
+     * Two reads close to each other by chance look like a stream, which
+     * costs the first window of readahead, 256 KiB; with this seed, once
+     */
+    g_assert_cmpuint(tc->rc.stats.readaheads, <=, 256 * KiB / (64 * KiB));
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, <=,
+                     100 * (64 + 4) * KiB + 256 * KiB);
+    g_rand_free(rand);
+    test_cache_free(tc);
+}
+
+/* A stream survives a read elsewhere now and then */
+static void test_readahead_two_streams(void)
+{
+    TestCache *tc = test_cache_new(1024 * BS, 0, 32);
+    uint64_t pos;
+
+    range_cache_set_readahead(&tc->rc, 4 * BS, BS);
+    for (pos = 0; pos < 64 * BS; pos += BS) {
+        test_read_sync(tc, pos, BS);
+        if (pos % (8 * BS) == 0) {
+            /* Elsewhere, and far apart: not a stream of their own */
+            test_read_sync(tc, 300 * BS + 8 * pos, 10);
+        }
+    }
+    /* The first two reads of the stream missed; then readahead kept up */
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2 + 8);
+    test_cache_free(tc);
 }
 
 /*
- * A block that readahead finds cached is kept like one that it fetched:
- * after blocks read through by the stream and blocks read otherwise.
+ * Blocks that readahead passes over while they are cached are kept like
+ * those it fetches: the metadata a format driver read first is not evicted
+ * just before the stream reaches it
  */
 static void test_readahead_keeps_cached(void)
 {
-    TestCache *tc = test_cache_new(64 * BS, 0, 7);
-    uint64_t five = 5;
-    RangeCacheBlock *blk;
-    g_autofree char *ev1 = NULL;
-    g_autofree char *ev2 = NULL;
-    g_autofree char *ev3 = NULL;
+    TestCache *tc = test_cache_new(256 * BS, 0, 8);
 
-    range_cache_set_readahead(&tc->rc, 4);
-    test_read_sync(tc, 0, BS);                  /* a stream starts */
-    test_read_sync(tc, 5 * BS + 10, 100);       /* metadata, say */
-    test_read_sync(tc, BS, BS);                 /* readahead of 2..5 */
-    ev1 = test_events(tc);
-    g_assert_cmpstr(ev1, ==, "m0 m5 m1 r2");
-    blk = g_hash_table_lookup(tc->rc.blocks, &five);
-    g_assert_true(blk && blk->ahead);
-
-    /* Random reads evict block 1 (streamed), then 0 and 20 (read) */
-    test_read_far_apart(tc, 20, 4);
-    ev2 = test_events(tc);
-    g_assert_cmpstr(ev2, ==, "m20 e1 m30 e0 m40 e20 m50");
-
-    test_read_sync(tc, 5 * BS, BS);
-    ev3 = test_events(tc);
-    g_assert_cmpstr(ev3, ==, "h5");
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
-    test_cache_free(tc);
-}
-
-/*
- * Readers of a stream arrive out of order: a read behind the stream's end
- * is still part of the stream, and its block is evicted before others.
- */
-static void test_lru_streamed_out_of_order(void)
-{
-    TestCache *tc = test_cache_new(64 * BS, 0, 6);
-    g_autofree char *ev1 = NULL;
-    g_autofree char *ev2 = NULL;
-
-    test_read_sync(tc, 10 * BS, 100);           /* metadata, say */
+    range_cache_set_readahead(&tc->rc, 4 * BS, BS);
+    test_read_sync(tc, 5 * BS, BS);      /* metadata */
     test_read_sync(tc, 0, BS);
-    test_read_sync(tc, BS, BS);
-    test_read_sync(tc, 2 * BS + BS / 2, BS / 2);
-    test_read_sync(tc, 2 * BS, BS / 2);         /* behind */
-    test_read_sync(tc, 3 * BS, BS);
-    ev1 = test_events(tc);
-    g_assert_cmpstr(ev1, ==, "m10 m0 m1 m2 h2 m3");
-
-    test_read_far_apart(tc, 20, 4);
-    test_read_sync(tc, 10 * BS, 100);
-    ev2 = test_events(tc);
-    g_assert_cmpstr(ev2, ==, "m20 e1 m30 e2 m40 e3 m50 h10");
+    test_read_sync(tc, BS, BS);          /* readahead: blocks 2 to 5 */
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 5), ==,
+                    RANGE_CACHE_LIST_UNREAD);
+    test_events(tc);
+    /* Reads elsewhere take the free, streamed, then read blocks */
+    test_read_sync(tc, 40 * BS, 10);
+    test_read_sync(tc, 80 * BS, 10);
+    test_read_sync(tc, 120 * BS, 10);
+    test_read_sync(tc, 160 * BS, 10);
+    assert_events(tc, "m655360:4096 w655360:4096 m1310720:4096 "
+                  "w1310720:4096 e16384:16384 m1966080:4096 w1966080:4096 "
+                  "e0:16384 m2621440:4096 w2621440:4096");
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 5), ==,
+                    RANGE_CACHE_LIST_UNREAD);
+    test_read_sync(tc, 5 * BS, BS);
+    assert_events(tc, "h81920:16384");
     test_cache_free(tc);
 }
 
-/* Readers of a block being fetched wait for that one fetch */
-static void test_waiters(void)
+/* Readahead never evicts what it fetched; unread blocks are counted */
+static void test_readahead_unread(void)
 {
-    TestCache *tc = test_cache_new(8 * BS, 0, 4);
-    TestRead *a = test_read_start(tc, 100, 200);
-    TestRead *b = test_read_start(tc, 1000, BS);
-    TestRead *c = test_read_start(tc, 50, 10);
-    g_autofree char *ev = test_events(tc);
+    TestCache *tc = test_cache_new(256 * BS, 0, 4);
+    g_autofree char *ev = NULL;
 
-    g_assert_cmpstr(ev, ==, "m0 w0 m1 w0");
-    g_assert_false(a->done || b->done || c->done);
-    g_assert_cmpuint(tc->fetches, ==, 2);
+    range_cache_set_readahead(&tc->rc, 2 * BS, BS);
+    test_read_sync(tc, 0, BS);
+    test_read_sync(tc, BS, BS);          /* readahead of blocks 2 and 3 */
+    test_read_sync(tc, 2 * BS, BS);      /* and 4, instead of block 1 */
+    assert_events(tc, "m0:16384 w0:16384 m16384:16384 r32768:16384 "
+                  "r49152:16384 w16384:16384 e16384:16384 r65536:16384 "
+                  "h32768:16384");
+    g_assert_cmpuint(tc->rc.stats.readaheads, ==, 3);
 
-    /* Block 0 lets a and c finish; b still waits for block 1 */
-    test_complete_one(tc, 0);
-    test_read_check(a);
-    test_read_check(c);
-    g_assert_false(b->done);
-    test_complete_one(tc, 0);
-    test_read_check(b);
-    g_assert_cmpuint(tc->rc.stats.waits, ==, 2);
-
-    test_read_free(a);
-    test_read_free(b);
-    test_read_free(c);
+    /* Reads elsewhere evict what was read, then what readahead fetched */
+    test_read_sync(tc, 50 * BS, 10);
+    test_read_sync(tc, 100 * BS, 10);
+    test_read_sync(tc, 150 * BS, 10);
+    assert_events(tc, "e32768:16384 m819200:4096 w819200:4096 "
+                  "e0:16384 m1638400:4096 w1638400:4096 "
+                  "e819200:16384 m2457600:4096 w2457600:4096");
+    g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 0);
+    /* Three blocks at once: two read ones, then an unread one */
+    test_read_sync(tc, 200 * BS, 3 * BS);
+    ev = test_events(tc);
+    g_assert_true(g_str_has_prefix(ev, "e1638400:16384 e2457600:16384 "
+                                   "u49152:16384 m3276800:49152 "));
+    g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 1);
     test_cache_free(tc);
+    /* Block 4, in the cache until the end */
+    g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 2);
 }
 
-/* A failed block is never served: its readers fail, the next read refetches */
-static void test_failed_block(void)
+/* What a driver asks for at open goes out in fetches of the size it says */
+static void test_read_ahead_at_open(void)
 {
-    TestCache *tc = test_cache_new(8 * BS, 0, 4);
-    TestRead *a = test_read_start(tc, 0, 2 * BS);
-    TestRead *b = test_read_start(tc, 10, 10);
-    TestRead *c = test_read_start(tc, BS, 10);
+    TestCache *tc = test_cache_new_bs(60 * KiB, 0, 64 * KiB, 4);
 
-    g_assert_cmpuint(tc->fetches, ==, 2);
-    test_complete_one(tc, -EIO);        /* block 0 */
-    g_assert_true(a->done && b->done);
-    g_assert_cmpint(a->ret, ==, -EIO);
-    g_assert_cmpint(b->ret, ==, -EIO);
-    g_assert_false(c->done);
-    test_complete_one(tc, 0);           /* block 1 */
-    test_read_check(c);
-    g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
-
-    /* Block 0 is fetched again, block 1 is still cached */
-    test_read_sync(tc, 0, 2 * BS);
-    g_assert_cmpuint(tc->fetches, ==, 3);
-
-    test_read_free(a);
-    test_read_free(b);
-    test_read_free(c);
-    test_cache_free(tc);
-}
-
-/* A read larger than the whole cache is served in pieces */
-static void test_read_larger_than_cache(void)
-{
-    TestCache *tc = test_cache_new(64 * BS, 0, 1);
-    TestRead *r = test_read_start(tc, 10, 40 * BS);
-    unsigned rounds = 0;
-
-    while (!r->done) {
-        /* Never more than the one block the cache has room for */
-        g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
-        test_complete_one(tc, 0);
-        rounds++;
-    }
-    test_read_check(r);
-    g_assert_cmpuint(rounds, ==, 41);
-    g_assert_cmpuint(tc->fetches, ==, 41);
-    test_read_free(r);
-
-    /* Same with room for a few blocks: they are fetched a few at a time */
-    test_cache_free(tc);
-    tc = test_cache_new(64 * BS, 0, 3);
-    r = test_read_start(tc, 0, 64 * BS);
-    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 3);
+    range_cache_read_ahead(&tc->rc, 0, 1 * MiB, 16 * KiB);
+    assert_events(tc, "r0:16384 r16384:16384 r32768:16384 r49152:12288");
     test_complete_all(tc);
-    test_read_check(r);
-    g_assert_cmpuint(tc->fetches, ==, 64);
-    test_read_free(r);
+    test_read_sync(tc, 100, 50 * KiB);
+    g_assert_cmpuint(tc->fetches, ==, 4);
     test_cache_free(tc);
 }
 
-/* A read that finds every block in use waits for one to be released */
+/* A read that finds no room waits for a block to be released */
 static void test_wait_for_room(void)
 {
-    TestCache *tc = test_cache_new(8 * BS, 0, 1);
-    TestRead *a = test_read_start(tc, 0, 10);
-    TestRead *b = test_read_start(tc, 3 * BS, 10);
-    g_autofree char *ev = test_events(tc);
+    TestCache *tc = test_cache_new(16 * BS, 0, 1);
+    TestRead *a, *b;
 
-    g_assert_cmpstr(ev, ==, "m0 n3");
-    g_assert_cmpuint(tc->fetches, ==, 1);
+    a = test_read_start(tc, 0, 10);
+    b = test_read_start(tc, 3 * BS, 10);
+    assert_events(tc, "m0:4096 w0:4096 n49152:10");
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
     test_complete_one(tc, 0);
-    test_read_check(a);
-    /* Releasing block 0 let b evict it */
+    test_read_end(a);
     g_assert_false(b->done);
-    g_assert_cmpuint(tc->fetches, ==, 2);
-    test_complete_one(tc, 0);
-    test_read_check(b);
-
-    test_read_free(a);
-    test_read_free(b);
+    test_complete_all(tc);
+    test_read_end(b);
     test_cache_free(tc);
 }
 
-/* Many concurrent readers on a tiny cache all finish */
+/* Reads that each need more than the cache holds all finish */
 static void test_no_deadlock(void)
 {
     TestCache *tc = test_cache_new(32 * BS + 77, 0, 2);
@@ -548,16 +729,16 @@ static void test_no_deadlock(void)
     }
     test_complete_all(tc);
     for (i = 0; i < ARRAY_SIZE(r); i++) {
-        test_read_check(r[i]);
-        test_read_free(r[i]);
+        test_read_end(r[i]);
     }
     test_cache_free(tc);
 }
 
 /*
- * Concurrent reads of every size on caches of every small size, with fetches
- * that complete in any order and sometimes fail: each read finishes, with the
- * right bytes or with the error of a block it needed.
+ * Concurrent reads of every size on caches of every small size, with bytes
+ * that arrive in pieces of any size and fetches that end in any order and
+ * sometimes fail half-way: each read finishes, with the right bytes or
+ * with the error of a fetch of its bytes.
  */
 static void test_stress(void)
 {
@@ -572,7 +753,8 @@ static void test_stress(void)
                 TestRead *r[16];
                 unsigned i, steps = 0;
 
-                range_cache_set_readahead(&tc->rc, readahead);
+                range_cache_set_readahead(&tc->rc, readahead * BS,
+                                          g_rand_int_range(rand, 1, 5) * G);
                 for (i = 0; i < ARRAY_SIZE(r); i++) {
                     uint64_t off = g_rand_int_range(rand, 0, len + BS);
                     uint64_t bytes = g_rand_int_range(rand, 1, 4 * BS);
@@ -584,11 +766,26 @@ static void test_stress(void)
                     r[i] = test_read_start(tc, off, bytes);
                 }
                 while (!g_queue_is_empty(&tc->pending)) {
-                    unsigned n = g_queue_get_length(&tc->pending);
-                    bool fail = g_rand_int_range(rand, 0, 10) == 0;
+                    unsigned n = g_rand_int_range(
+                        rand, 0, g_queue_get_length(&tc->pending));
+                    RangeCacheFetch *f = test_nth(tc, n);
 
-                    test_complete_nth(tc, g_rand_int_range(rand, 0, n),
-                                      fail ? -EIO : 0);
+                    switch (g_rand_int_range(rand, 0, 10)) {
+                    case 0:
+                        test_write(tc, f, g_rand_int_range(rand, 0, 2 * G));
+                        test_complete_nth(tc, n, -EIO);
+                        break;
+                    case 1:
+                    case 2:
+                    case 3:
+                        test_write(tc, f, g_rand_int_range(rand, 1, 2 * G));
+                        if (f->pos < f->end) {
+                            break;
+                        }
+                        /* fall through */
+                    default:
+                        test_complete_nth(tc, n, 0);
+                    }
                     g_assert_cmpuint(++steps, <, 10000);
                 }
                 for (i = 0; i < ARRAY_SIZE(r); i++) {
@@ -607,169 +804,11 @@ static void test_stress(void)
     g_rand_free(rand);
 }
 
-/* Sequential reads fetch ahead; each prefetched block is fetched once */
-static void test_readahead_sequential(void)
-{
-    TestCache *tc = test_cache_new(64 * BS, 0, 8);
-    g_autofree char *ev1 = NULL;
-    g_autofree char *ev2 = NULL;
-    g_autofree char *ev3 = NULL;
-    uint64_t pos;
-
-    range_cache_set_readahead(&tc->rc, 3);
-    test_read_sync(tc, 0, 1000);
-    test_read_sync(tc, 1000, BS);
-    ev1 = test_events(tc);
-    /* The second read of the stream starts readahead of blocks 2..4 */
-    g_assert_cmpstr(ev1, ==, "m0 h0 m1 r2");
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 3);
-
-    test_read_sync(tc, 1000 + BS, BS);
-    ev2 = test_events(tc);
-    g_assert_cmpstr(ev2, ==, "h1 h2 r5");
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 4);
-
-    /* The rest of the image: every block fetched exactly once */
-    for (pos = 1000 + 2 * BS; pos < 64 * BS; pos += BS) {
-        test_read_sync(tc, pos, MIN(BS, 64 * BS - pos));
-    }
-    g_assert_cmpuint(tc->fetches, ==, 64);
-    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 62);
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
-    ev3 = test_events(tc);
-    g_assert_null(strstr(ev3, "m"));
-    test_cache_free(tc);
-}
-
-/*
- * Random reads do not start readahead, even near each other (within the
- * readahead distance, but not in the next block) or when a block is read
- * twice.
- */
-static void test_readahead_random(void)
-{
-    TestCache *tc = test_cache_new(256 * BS, 0, 8);
-    static const unsigned blocks[] = {
-        17, 200, 3, 90, 150, 40, 250, 8, 11, 6, 6, 13, 13, 100, 103, 99,
-    };
-    unsigned i;
-
-    range_cache_set_readahead(&tc->rc, 4);
-    for (i = 0; i < ARRAY_SIZE(blocks); i++) {
-        test_read_sync(tc, blocks[i] * BS + 5, 100);
-    }
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 0);
-    g_assert_cmpuint(tc->fetches, ==, 14);
-    test_cache_free(tc);
-}
-
-/* Small reads that advance within a block are a stream too */
-static void test_readahead_small_reads(void)
-{
-    TestCache *tc = test_cache_new(64 * BS, 0, 8);
-    g_autofree char *ev = NULL;
-
-    range_cache_set_readahead(&tc->rc, 2);
-    test_read_sync(tc, 100, 300);
-    test_read_sync(tc, 100, 300);       /* read again: not a stream */
-    test_read_sync(tc, 50, 100);        /* behind: neither */
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 0);
-    test_read_sync(tc, 400, 300);       /* advances: prefetch 1 and 2 */
-    ev = test_events(tc);
-    g_assert_cmpstr(ev, ==, "m0 h0 h0 h0 r1");
-    test_cache_free(tc);
-}
-
-/* A read elsewhere now and then does not stop readahead of a stream */
-static void test_readahead_two_streams(void)
-{
-    TestCache *tc = test_cache_new(256 * BS, 0, 16);
-    g_autofree char *ev = NULL;
-
-    range_cache_set_readahead(&tc->rc, 2);
-    test_read_sync(tc, 0, BS);
-    test_read_sync(tc, BS, BS);         /* prefetches 2 and 3 */
-    test_read_sync(tc, 200 * BS, 10);   /* elsewhere */
-    test_read_sync(tc, 2 * BS, BS);     /* prefetches 4 */
-    test_read_sync(tc, 150 * BS, 10);   /* elsewhere again */
-    test_read_sync(tc, 3 * BS, BS);     /* prefetches 5 */
-    ev = test_events(tc);
-    g_assert_cmpstr(ev, ==, "m0 m1 r2 m200 h2 r4 m150 h3 r5");
-    test_cache_free(tc);
-}
-
-/* Prefetched blocks stay until read; blocks already read go first */
-static void test_readahead_kept(void)
-{
-    TestCache *tc = test_cache_new(256 * BS, 0, 4);
-    g_autofree char *ev = NULL;
-
-    range_cache_set_readahead(&tc->rc, 2);
-    test_read_sync(tc, 0, 10);
-    test_read_sync(tc, 10, 10);         /* prefetches blocks 1 and 2 */
-    test_read_sync(tc, 0, 10);          /* block 0 is the most recent now */
-    test_read_sync(tc, 50 * BS, 10);
-    test_read_sync(tc, 60 * BS, 10);
-    test_read_sync(tc, 70 * BS, 10);
-    ev = test_events(tc);
-    g_assert_cmpstr(ev, ==, "m0 h0 r1 h0 m50 e0 m60 e50 m70");
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
-
-    /* Readahead does not evict its own unread blocks either */
-    test_read_sync(tc, 20, 10);         /* another stream: blocks 1, 2 */
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 0);
-    test_cache_free(tc);
-}
-
-/* Prefetched blocks dropped before any read are counted as unused */
-static void test_readahead_unused(void)
-{
-    TestCache *tc = test_cache_new(256 * BS, 0, 3);
-    g_autofree char *ev = NULL;
-    TestRead *a, *b;
-
-    range_cache_set_readahead(&tc->rc, 2);
-    test_read_sync(tc, 0, 10);
-    test_read_sync(tc, 10, 10);           /* prefetches blocks 1 and 2 */
-    g_assert_cmpuint(tc->rc.stats.prefetches, ==, 2);
-
-    /*
-     * A read elsewhere evicts block 0; while it waits for its block, a
-     * second one finds only unread prefetched blocks and evicts one.
-     */
-    a = test_read_start(tc, 100 * BS, 10);
-    b = test_read_start(tc, 200 * BS, 10);
-    test_complete_all(tc);
-    test_read_check(a);
-    test_read_check(b);
-    test_read_free(a);
-    test_read_free(b);
-    ev = test_events(tc);
-    g_assert_cmpstr(ev, ==, "m0 h0 r1 e0 m100 u1 m200");
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 1);
-    test_cache_free(tc);
-
-    /* A failed prefetch is unused too, and fetched again when read */
-    tc = test_cache_new(16 * BS, 0, 4);
-    range_cache_set_readahead(&tc->rc, 1);
-    test_read_sync(tc, 0, 10);
-    a = test_read_start(tc, 10, 10);    /* a hit that prefetches block 1 */
-    test_read_check(a);
-    test_read_free(a);
-    test_complete_one(tc, -EIO);
-    g_assert_cmpuint(tc->rc.stats.prefetch_unused, ==, 1);
-    test_read_sync(tc, BS, 10);
-    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
-    g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
-    test_cache_free(tc);
-}
-
 typedef struct TestThreadReader {
     TestCache *tc;
     unsigned seed;
     unsigned reads;
-    unsigned failed;            /* reads that got the error of a block */
+    unsigned failed;            /* reads that got the error of a fetch */
     unsigned wrong;             /* reads that got wrong bytes */
     unsigned *done;             /* readers that finished; atomic */
 } TestThreadReader;
@@ -815,9 +854,9 @@ static void coroutine_fn test_thread_reader(void *opaque)
 
 /*
  * Reads come from several threads at once (multiqueue): readers in two
- * iothreads share the cache while this thread completes the fetches in any
- * order, a few with an error.  Every read ends with the right bytes or an
- * error, never other bytes.
+ * iothreads share the cache while this thread writes the fetches' bytes in
+ * pieces and ends them in any order, a few with an error.  Whatever the
+ * interleaving, every read ends, with the right bytes or the error.
  */
 static void test_threads(void)
 {
@@ -825,9 +864,9 @@ static void test_threads(void)
     IOThread *io[2] = { iothread_new(), iothread_new() };
     TestThreadReader t[6];
     GRand *rand = g_rand_new_with_seed(7);
-    unsigned done = 0, failed = 0, i;
+    unsigned done = 0, i;
 
-    range_cache_set_readahead(&tc->rc, 2);
+    range_cache_set_readahead(&tc->rc, 2 * BS, 2 * G);
     for (i = 0; i < ARRAY_SIZE(t); i++) {
         t[i] = (TestThreadReader) {
             .tc = tc, .seed = i, .reads = 300, .done = &done,
@@ -839,31 +878,36 @@ static void test_threads(void)
     /* Until every reader is done, and then what readahead left */
     while (qatomic_read(&done) < ARRAY_SIZE(t) ||
            !g_queue_is_empty(&tc->pending)) {
-        RangeCacheBlock *blk = NULL;
+        RangeCacheFetch *f = NULL;
+        unsigned n = 0;
 
         qemu_mutex_lock(&tc->lock);
         if (!g_queue_is_empty(&tc->pending)) {
-            blk = g_queue_pop_nth(&tc->pending, g_rand_int_range(
-                                  rand, 0, g_queue_get_length(&tc->pending)));
+            n = g_rand_int_range(rand, 0, g_queue_get_length(&tc->pending));
+            f = g_queue_peek_nth(&tc->pending, n);
         }
         qemu_mutex_unlock(&tc->lock);
-        if (blk) {
-            test_complete_block(tc, blk,
-                                g_rand_int_range(rand, 0, 20) ? 0 : -EIO);
-        } else {
+        if (!f) {
             g_usleep(20);
+        } else if (f->pos < f->end && g_rand_int_range(rand, 0, 3) == 0) {
+            test_write(tc, f, g_rand_int_range(rand, 1, 2 * G));
+        } else {
+            qemu_mutex_lock(&tc->lock);
+            g_queue_pop_nth(&tc->pending, n);
+            qemu_mutex_unlock(&tc->lock);
+            while (f->pos < f->end) {
+                test_write(tc, f, 3000);
+            }
+            qemu_mutex_lock(&tc->lock);
+            range_cache_fetch_done_locked(&tc->rc, f,
+                g_rand_int_range(rand, 0, 20) ? 0 : -EIO);
+            qemu_mutex_unlock(&tc->lock);
         }
     }
 
     for (i = 0; i < ARRAY_SIZE(t); i++) {
         g_assert_cmpuint(t[i].wrong, ==, 0);
-        failed += t[i].failed;
     }
-    /* Some reads met a failed block, most did not */
-    g_assert_cmpuint(failed, >, 0);
-    g_assert_cmpuint(failed, <, ARRAY_SIZE(t) * 300 / 2);
-    g_assert_cmpuint(tc->rc.stats.waits, >, 0);
-    g_assert_cmpuint(tc->rc.stats.hits, >, 0);
     iothread_join(io[0]);
     iothread_join(io[1]);
     g_rand_free(rand);
@@ -876,31 +920,33 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/range-cache/geometry", test_geometry);
     g_test_add_func("/range-cache/remote-range", test_remote_range);
-    g_test_add_func("/range-cache/read/fetches-once", test_read_fetches_once);
-    g_test_add_func("/range-cache/read/past-end", test_read_past_end);
-    g_test_add_func("/range-cache/read/larger-than-cache",
-                    test_read_larger_than_cache);
+    g_test_add_func("/range-cache/read-granules", test_read_granules);
+    g_test_add_func("/range-cache/read-spans-blocks", test_read_spans_blocks);
+    g_test_add_func("/range-cache/read-past-end", test_read_past_end);
+    g_test_add_func("/range-cache/partial-progressive",
+                    test_partial_progressive);
+    g_test_add_func("/range-cache/partial-order", test_partial_order);
+    g_test_add_func("/range-cache/partial-failure", test_partial_failure);
+    g_test_add_func("/range-cache/failure-not-cached",
+                    test_failure_not_cached);
+    g_test_add_func("/range-cache/partial-eviction", test_partial_eviction);
+    g_test_add_func("/range-cache/one-block", test_one_block);
     g_test_add_func("/range-cache/lru-order", test_lru_order);
     g_test_add_func("/range-cache/lru-streamed-first",
                     test_lru_streamed_first);
-    g_test_add_func("/range-cache/lru-streamed-out-of-order",
-                    test_lru_streamed_out_of_order);
-    g_test_add_func("/range-cache/readahead/keeps-cached",
+    g_test_add_func("/range-cache/readahead-sequential",
+                    test_readahead_sequential);
+    g_test_add_func("/range-cache/readahead-random", test_readahead_random);
+    g_test_add_func("/range-cache/readahead-two-streams",
+                    test_readahead_two_streams);
+    g_test_add_func("/range-cache/readahead-keeps-cached",
                     test_readahead_keeps_cached);
-    g_test_add_func("/range-cache/waiters", test_waiters);
-    g_test_add_func("/range-cache/failed-block", test_failed_block);
+    g_test_add_func("/range-cache/readahead-unread", test_readahead_unread);
+    g_test_add_func("/range-cache/read-ahead-at-open",
+                    test_read_ahead_at_open);
     g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
     g_test_add_func("/range-cache/no-deadlock", test_no_deadlock);
     g_test_add_func("/range-cache/stress", test_stress);
     g_test_add_func("/range-cache/threads", test_threads);
-    g_test_add_func("/range-cache/readahead/sequential",
-                    test_readahead_sequential);
-    g_test_add_func("/range-cache/readahead/random", test_readahead_random);
-    g_test_add_func("/range-cache/readahead/small-reads",
-                    test_readahead_small_reads);
-    g_test_add_func("/range-cache/readahead/two-streams",
-                    test_readahead_two_streams);
-    g_test_add_func("/range-cache/readahead/kept", test_readahead_kept);
-    g_test_add_func("/range-cache/readahead/unused", test_readahead_unused);
     return g_test_run();
 }
