@@ -2,7 +2,8 @@
 # Build the series: the patched QEMU (qemu-img, qemu-io, qemu-nbd,
 # qemu-storage-daemon, a small qemu-system-x86_64 and the unit tests), the
 # stock qemu-img, qemu-io and qemu-system-x86_64 from the same base, for
-# comparison, and the firmware that boots a guest with -kernel.
+# comparison, the firmware that boots a guest with -kernel, and the test
+# guest (scripts/build-guest.py).
 #
 # Environment: QEMU_SRC (a QEMU tree to use as the base instead of Debian
 # 13's source package), CACHE, BUILD (default: build), JOBS.
@@ -164,9 +165,12 @@ for f in "$rom/linuxboot_dma.bin" "$seabios"; do
     cmp -s "$f" "$BUILD/firmware/${f##*/}" || cp "$f" "$BUILD/firmware/"
 done
 
+# The test guest: kernel, initramfs and the test disk, cached in $CACHE.
+BUILD=$BUILD "$PY" "$top/scripts/build-guest.py" || die "could not make the test guest"
+
 for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do
     ln -sfn "qemu/$b" "$BUILD/$b"
 done
 ln -sfn qemu/storage-daemon/qemu-storage-daemon "$BUILD/qemu-storage-daemon"
 echo "$(cat "$base/VERSION") ($origin)" > "$BUILD/base-version"
-say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock)"
+say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock), $BUILD/guest"
