@@ -20,7 +20,8 @@ list stored on the disk, prints one result line on the serial console
   with fixed owners and times, so the same inputs give the same bytes.
 * A disk is an ext4 image made with ``mkfs.ext4 -d`` from a directory of
   files of random bytes (deterministic: the same profile gives the same
-  files), plus SHA256SUMS; no loop device, no root needed.  The profile
+  files), plus SHA256SUMS (and the same list in another order, see
+  make_disk); no loop device, no root needed.  The profile
   ``test`` is small (for make check under TCG), ``bench`` is the
   benchmark's 150 MiB of files.
 
@@ -425,9 +426,18 @@ def make_disk(cache: Path, profile: str) -> Path:
             os.utime(path, (FILE_MTIME, FILE_MTIME))
             files.append({'name': name, 'size': size,
                           'sha256': hashlib.sha256(data).hexdigest()})
-        sums = ''.join(f'{f["sha256"]}  {f["name"]}\n' for f in files)
-        (root / 'SHA256SUMS').write_text(sums)
-        for path in [root / 'SHA256SUMS'] + list(root.glob('d*')) + [root]:
+        # SHA256SUMS lists the files by name, as a list made with
+        # "find | sort" would, so the guest reads one directory after the
+        # other; SHA256SUMS.interleaved lists them in the order they were
+        # made, one from each directory in turn, which ext4 puts in
+        # different block groups (init reads it with qcurl.list=)
+        lists = {'SHA256SUMS': sorted(files, key=lambda f: f['name']),
+                 'SHA256SUMS.interleaved': files}
+        for list_name, listed in lists.items():
+            (root / list_name).write_text(''.join(
+                f'{f["sha256"]}  {f["name"]}\n' for f in listed))
+        for path in ([root / n for n in lists] + list(root.glob('d*')) +
+                     [root]):
             os.utime(path, (FILE_MTIME, FILE_MTIME))
         fs_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         image = tmp / 'disk.ext4'

@@ -170,19 +170,25 @@ class BootResult:  # pylint: disable=too-many-instance-attributes
                 f'--- qemu stderr (end) ---\n{self.stderr[-3000:]}')
 
 
-def boot_args(guest: Guest, drive: str) -> List[str]:
-    """The qemu-system-x86_64 options that boot @guest on @drive."""
+def boot_args(guest: Guest, drive: str, append: str = '') -> List[str]:
+    """The qemu-system-x86_64 options that boot @guest on @drive, with
+    @append added to the kernel command line."""
+    cmdline = f'{guest.cmdline} {append}'.strip()
     return ['-M', 'q35', '-accel', 'tcg', '-m', GUEST_MEMORY, '-smp', '1',
             '-nodefaults', '-no-user-config', '-display', 'none',
             '-no-reboot', '-L', str(guest.firmware),
             '-kernel', str(guest.vmlinuz), '-initrd', str(guest.initramfs),
-            '-append', guest.cmdline, '-serial', 'stdio', '-drive', drive]
+            '-append', cmdline, '-serial', 'stdio', '-drive', drive]
 
 
 def boot(qemu: Union[str, Path], guest: Guest, drive: str, log_dir: Path,
          timeout: float = BOOT_TIMEOUT, extra_args: Sequence[str] = (),
-         env: Optional[Mapping[str, str]] = None) -> BootResult:
+         env: Optional[Mapping[str, str]] = None,
+         append: str = '') -> BootResult:
     """Boot @guest with @qemu on the -drive @drive; wait for its result.
+
+    @append goes on the kernel command line: qcurl.list=NAME makes the
+    guest check the list NAME of its disk instead of SHA256SUMS.
 
     The serial console is QEMU's stdout, read line by line as it comes,
     so that the time of the result line is known; it is written to
@@ -191,7 +197,7 @@ def boot(qemu: Union[str, Path], guest: Guest, drive: str, log_dir: Path,
     result line if it does not exit by itself.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    argv = [str(qemu)] + boot_args(guest, drive) + list(extra_args)
+    argv = [str(qemu)] + boot_args(guest, drive, append) + list(extra_args)
     (log_dir / 'command').write_text(' '.join(argv) + '\n')
     full_env = None
     if env is not None:
