@@ -1,7 +1,9 @@
 #!/bin/sh
 # Build the series: the patched QEMU (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, a minimal qemu-system-x86_64 and the unit tests) and
-# the stock qemu-img and qemu-io from the same base, for comparison.
+# qemu-storage-daemon, a small qemu-system-x86_64 and the unit tests), the
+# stock qemu-img, qemu-io and qemu-system-x86_64 from the same base, for
+# comparison, the firmware that boots a guest with -kernel, and the test
+# guest (scripts/build-guest.py).
 #
 # Environment: QEMU_SRC (a QEMU tree to use as the base instead of Debian
 # 13's source package), CACHE, BUILD (default: build), JOBS.
@@ -43,6 +45,17 @@ sys.exit(0 if v >= (1, 5) else 1)' 2>/dev/null; then
     export PYTHONPATH="$mpath${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+# The x86 option ROMs (see the firmware below) need a compiler that makes
+# 32-bit code; without one, configure silently leaves them out.
+mtmp=$(mktemp -d)
+printf 'int x;\n' > "$mtmp/t.c"
+if ! { cc -m32 -c -o "$mtmp/t.o" "$mtmp/t.c" &&
+       cc -m32 -r -nostdlib -o "$mtmp/t2.o" "$mtmp/t.o" -lgcc; } >/dev/null 2>&1; then
+    rm -rf "$mtmp"
+    die "the C compiler cannot make 32-bit code for the x86 option ROMs: apt-get install gcc-multilib"
+fi
+rm -rf "$mtmp"
+
 mkdir -p "$BUILD"
 "$top/scripts/overlay.sh" "$base" "$BUILD/src" "$top"
 
@@ -50,33 +63,56 @@ COMMON_OPTS="--python=$PY --enable-curl --enable-tools --disable-docs
  --disable-werror --disable-download --disable-install-blobs --disable-sdl
  --disable-gtk --disable-vnc --disable-opengl --disable-spice --disable-curses
  --disable-libusb --disable-usb-redir --disable-xen --disable-gio"
-# The system emulator only has to accept -drive and QMP: machine "none" and
-# no default devices.  virtio-blk is in because Python iotests refuse to run
-# without it (they check "-device help").  QEMU takes a device list from its
-# own tree only, so it goes into the working copy.
-DEVICES=qemu-curl-minimal
-mkdir -p "$BUILD/src/configs/devices/x86_64-softmmu"
-cat > "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak.new" <<MAK
+# The system emulator: machine "none" for -drive and QMP, and "q35" to boot
+# the test guest with -kernel/-initrd under TCG, with PCI virtio-blk and the
+# 8250 serial port that q35 brings; no other device.  virtio-blk also
+# because Python iotests refuse to run without it (they check "-device
+# help").  QEMU takes a device list from its own tree only, so it goes into
+# the working copies of the base.
+DEVICES=qemu-curl
+write_devices() {  # write_devices SRC
+    ddir=$1/configs/devices/x86_64-softmmu
+    mkdir -p "$ddir"
+    cat > "$ddir/$DEVICES.mak.new" <<MAK
 # Written by the curl series' scripts/build.sh: see there
 CONFIG_VIRTIO_MMIO=y
 CONFIG_VIRTIO_BLK=y
+CONFIG_Q35=y
+CONFIG_VIRTIO_PCI=y
 MAK
-if cmp -s "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak.new" \
-        "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak"; then
-    rm "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak.new"
-else
-    mv "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak.new" \
-        "$BUILD/src/configs/devices/x86_64-softmmu/$DEVICES.mak"
+    if cmp -s "$ddir/$DEVICES.mak.new" "$ddir/$DEVICES.mak"; then
+        rm "$ddir/$DEVICES.mak.new"
+    else
+        mv "$ddir/$DEVICES.mak.new" "$ddir/$DEVICES.mak"
+    fi
+}
+write_devices "$BUILD/src"
+
+# The stock build's copy of the base: hard links (the base stays pristine,
+# and a copy costs nothing), plus the device list.
+stock_src=$BUILD/stock-src
+if [ "$(cat "$stock_src/.stock-base" 2>/dev/null)" != "$base" ]; then
+    say "linking the base tree to $stock_src"
+    rm -rf "$stock_src"
+    if ! cp -al "$base" "$stock_src" 2>/dev/null; then
+        rm -rf "$stock_src"
+        mkdir -p "$stock_src"
+        tar -C "$base" --exclude=./.git --exclude=./build -cf - . | tar -C "$stock_src" -xf -
+    fi
+    echo "$base" > "$stock_src/.stock-base"
 fi
-PATCHED_OPTS="$COMMON_OPTS --target-list=x86_64-softmmu --without-default-devices
+write_devices "$stock_src"
+
+SYSTEM_OPTS="$COMMON_OPTS --target-list=x86_64-softmmu --without-default-devices
  --with-devices-x86_64=$DEVICES"
-STOCK_OPTS="$COMMON_OPTS --target-list= --disable-system --disable-user"
 
 # configure_tree SRC DIR OPTS: configure DIR from SRC unless it already is,
 # with the same options.
 configure_tree() {
     want="$1 $3"
-    if [ -f "$2/build.ninja" ] && [ "$(cat "$2/.series-configured" 2>/dev/null)" = "$want" ]; then
+    # (the option ROMs are set up only if configure found a compiler for them)
+    if [ -f "$2/build.ninja" ] && [ "$(cat "$2/.series-configured" 2>/dev/null)" = "$want" ] &&
+        [ -f "$2/pc-bios/optionrom/config.mak" ]; then
         return 0
     fi
     say "configuring $2"
@@ -94,8 +130,8 @@ configure_tree() {
     echo "$want" > "$2/.series-configured"
 }
 
-configure_tree "$BUILD/src" "$BUILD/qemu" "$PATCHED_OPTS"
-configure_tree "$base" "$BUILD/stock" "$STOCK_OPTS"
+configure_tree "$BUILD/src" "$BUILD/qemu" "$SYSTEM_OPTS"
+configure_tree "$stock_src" "$BUILD/stock" "$SYSTEM_OPTS"
 
 PATCHED_TARGETS="qemu-img qemu-io qemu-nbd storage-daemon/qemu-storage-daemon
  qemu-system-x86_64"
@@ -109,12 +145,32 @@ done
 say "building the patched QEMU"
 # shellcheck disable=SC2086
 ninja -C "$BUILD/qemu" -j "$JOBS" $PATCHED_TARGETS || die "build of the patched QEMU failed"
-say "building the stock qemu-img and qemu-io"
-ninja -C "$BUILD/stock" -j "$JOBS" qemu-img qemu-io || die "build of the stock QEMU failed"
+say "building the stock qemu-img, qemu-io and qemu-system-x86_64"
+ninja -C "$BUILD/stock" -j "$JOBS" qemu-img qemu-io qemu-system-x86_64 ||
+    die "build of the stock QEMU failed"
+
+# Firmware for q35, found with -L $BUILD/firmware: Debian's SeaBIOS, and the
+# option ROM that boots -kernel, built from the base's own pc-bios/optionrom
+# (configure sets that up when the compiler can make 32-bit code).
+say "building the firmware in $BUILD/firmware"
+rom=$BUILD/qemu/pc-bios/optionrom
+[ -f "$rom/config.mak" ] ||
+    die "configure found no compiler for the x86 option ROMs: apt-get install gcc-multilib"
+make -s -C "$rom" PYTHON="$PY" linuxboot_dma.bin >/dev/null ||
+    die "build of the option ROM linuxboot_dma.bin failed"
+seabios=/usr/share/seabios/bios-256k.bin
+[ -f "$seabios" ] || die "$seabios not found: apt-get install seabios"
+mkdir -p "$BUILD/firmware"
+for f in "$rom/linuxboot_dma.bin" "$seabios"; do
+    cmp -s "$f" "$BUILD/firmware/${f##*/}" || cp "$f" "$BUILD/firmware/"
+done
+
+# The test guest: kernel, initramfs and the test disk, cached in $CACHE.
+BUILD=$BUILD "$PY" "$top/scripts/build-guest.py" || die "could not make the test guest"
 
 for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do
     ln -sfn "qemu/$b" "$BUILD/$b"
 done
 ln -sfn qemu/storage-daemon/qemu-storage-daemon "$BUILD/qemu-storage-daemon"
 echo "$(cat "$base/VERSION") ($origin)" > "$BUILD/base-version"
-say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock)"
+say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock), $BUILD/guest"

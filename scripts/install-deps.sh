@@ -3,10 +3,13 @@
 # Runs apt-get only for what is missing, so a second run is quick and quiet.
 set -eu
 
-# Build of the QEMU base and of the series.
+# Build of the QEMU base and of the series; gcc-multilib for the x86 option
+# ROM that boots a guest's -kernel, seabios for q35's BIOS, e2fsprogs for the
+# test guest's disks (scripts/build-guest.py).
 BUILD_PKGS="build-essential ninja-build pkg-config dpkg-dev debian-archive-keyring
  python3 python3-venv libglib2.0-dev libcurl4-gnutls-dev zlib1g-dev libzstd-dev
- libaio-dev libpixman-1-dev libfdt-dev xz-utils ca-certificates"
+ libaio-dev libpixman-1-dev libfdt-dev xz-utils ca-certificates
+ gcc-multilib seabios e2fsprogs"
 # The test harness: nginx over HTTPS, an FTP server, certificates.
 TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux"
 # The benchmark: reference downloaders and the plot.

@@ -292,8 +292,8 @@ class Binaries:
 
     qemu_img and qemu_io come from <build>/stock when @stock is true
     (QCURL_STOCK=1), else from <build>; the others (qemu-nbd,
-    qemu-storage-daemon, qemu-system-x86_64) exist only in the patched
-    build and always come from there.
+    qemu-storage-daemon, which exist only in the patched build, and
+    qemu-system-x86_64) always come from there.
     """
 
     build: Path
