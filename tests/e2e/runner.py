@@ -5,13 +5,14 @@
 # Run by tests/e2e/run (which sets up the test CA, the environment and
 # checks the prerequisites); not meant to be run directly.  It discovers
 # tests/e2e/test_*.py, runs them with unittest, prints every skip with
-# its reason, and ends with exactly one summary line:
+# its reason ("e2e: SKIPPED id: reason"), how many tests ran ("e2e: ran N
+# of N tests in N s"), and ends with exactly one summary line:
 #
 #   e2e: N passed, N failed, N skipped
 #
-# Errors (in tests or fixtures) count as failures.  A watchdog ends the
-# run (with a traceback of every thread and the summary) if one test
-# takes longer than --test-timeout seconds.
+# Errors (in tests or fixtures) count as failures, expected failures as
+# skips.  A watchdog ends the run (with a traceback of every thread and
+# the summary) if one test takes longer than --test-timeout seconds.
 """Run the e2e suite and print a one-line summary."""
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ class E2EResult(unittest.TextTestResult):
 
         Errors in class or module fixtures count as failures, and a
         skip of a whole class as one skip, though they are not tests
-        that ran.
+        that ran.  An expected failure is a skip: it proved nothing.
         """
         failed = (len(self.failures) + len(self.errors) +
                   len(self.unexpectedSuccesses))
-        skipped = len(self.skipped)
+        skipped = len(self.skipped) + len(self.expectedFailures)
         ran_failed = failed - sum(1 for test, _ in self.errors
                                   if not isinstance(test, unittest.TestCase))
         ran_skipped = sum(1 for test, _ in self.skipped
@@ -67,6 +68,12 @@ class E2EResult(unittest.TextTestResult):
         passed = (self.testsRun - ran_failed - ran_skipped -
                   len(self.expectedFailures))
         return max(passed, 0), failed, skipped
+
+    def skips(self) -> List[Tuple[str, str]]:
+        """Return the (test id, reason) of every skip, as counted."""
+        return ([(test.id(), reason) for test, reason in self.skipped] +
+                [(test.id(), 'expected failure')
+                 for test, _ in self.expectedFailures])
 
 
 def summary_line(passed: int, failed: int, skipped: int) -> str:
@@ -179,9 +186,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     assert isinstance(result, E2EResult)
     passed, failed, skipped = result.counts()
-    for test, reason in result.skipped:
-        print(f'e2e: SKIPPED {test.id()}: {reason}')
-    print(f'e2e: ran in {time.monotonic() - start:.1f} s')
+    for test_id, reason in result.skips():
+        print(f'e2e: SKIPPED {test_id}: {reason}')
+    print(f'e2e: ran {result.testsRun} of {suite.countTestCases()} tests in '
+          f'{time.monotonic() - start:.1f} s')
     print(summary_line(passed, failed, skipped), flush=True)
     return 0 if failed == 0 and result.wasSuccessful() else 1
 
