@@ -23,7 +23,7 @@ die() { echo "build: error: $*" >&2; exit 1; }
 [ -x "$PY" ] || die "$PY not found: apt-get install python3"
 command -v ninja >/dev/null || die "ninja not found: apt-get install ninja-build"
 command -v cc >/dev/null || die "no C compiler: apt-get install build-essential"
-pkg-config --exists libcurl 2>/dev/null || die "libcurl headers not found: apt-get install libcurl4-gnutls-dev"
+pkg-config --exists libcurl 2>/dev/null || die "libcurl headers not found: apt-get install libcurl4-openssl-dev"
 pkg-config --exists glib-2.0 2>/dev/null || die "glib headers not found: apt-get install libglib2.0-dev"
 
 # The base tree.
@@ -109,7 +109,8 @@ SYSTEM_OPTS="$COMMON_OPTS --target-list=x86_64-softmmu --without-default-devices
 # configure_tree SRC DIR OPTS: configure DIR from SRC unless it already is,
 # with the same options.
 configure_tree() {
-    want="$1 $3"
+    # (a change of libcurl flavour, say GnuTLS to OpenSSL, reconfigures too)
+    want="$1 $3 $(readlink -f "$(pkg-config --variable=libdir libcurl)/libcurl.so")"
     # (the option ROMs are set up only if configure found a compiler for them)
     if [ -f "$2/build.ninja" ] && [ "$(cat "$2/.series-configured" 2>/dev/null)" = "$want" ] &&
         [ -f "$2/pc-bios/optionrom/config.mak" ]; then
