@@ -99,6 +99,14 @@ def parse_range(value: str, size: int) -> Optional[Tuple[int, int]]:
     return max(size - suffix, 0), size - 1
 
 
+def range_first(value: Optional[str]) -> int:
+    """The first byte a Range header value asks for, as far as fault rules
+    are concerned: 0 without a header, or for one that does not start
+    with a byte position."""
+    match = _RANGE_RE.fullmatch((value or '').strip())
+    return int(match.group(1)) if match and match.group(1) else 0
+
+
 def _json_int(obj: Dict[str, Any], key: str, default: Optional[int],
               minimum: Optional[int] = None) -> Optional[int]:
     """Fetch an optional integer member of a JSON fault rule."""
@@ -123,6 +131,8 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     method     apply only to "GET" or "HEAD".  By default both, except
                that no-head applies to HEAD only, and short, stall and
                wrong-range to GET only
+    from       apply only to requests whose Range starts at or past this
+               byte (a request without one starts at byte 0)
     skip       first let this many matching requests through (default 0)
     times      then apply to this many requests (default: no limit)
 
@@ -157,6 +167,7 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     action: str
     path: Optional[str] = None
     method: Optional[str] = None
+    first: int = 0
     skip: int = 0
     times: Optional[int] = None
     code: int = 0
@@ -172,7 +183,7 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
         """Build a rule from its JSON form, raising ValueError if bad."""
         if not isinstance(obj, dict):
             raise ValueError('a fault rule must be a JSON object')
-        known = {'action', 'path', 'method', 'skip', 'times', 'code',
+        known = {'action', 'path', 'method', 'from', 'skip', 'times', 'code',
                  'shift', 'bytes', 'seconds', 'location'}
         unknown = set(obj) - known
         if unknown:
@@ -188,6 +199,7 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
             raise ValueError('"method" must be "GET" or "HEAD"')
 
         rule = cls(action=action, path=path, method=method,
+                   first=_json_int(obj, 'from', 0, 0) or 0,
                    skip=_json_int(obj, 'skip', 0, 0) or 0,
                    times=_json_int(obj, 'times', None, 0),
                    shift=_json_int(obj, 'shift', 1) or 0,
@@ -218,7 +230,8 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     def to_json(self) -> Dict[str, Any]:
         """Return the JSON form of the rule, with its remaining counts."""
         obj: Dict[str, Any] = {'action': self.action, 'path': self.path,
-                               'method': self.method, 'skip': self.skip,
+                               'method': self.method, 'from': self.first,
+                               'skip': self.skip,
                                'times': self.times, 'hits': self.hits}
         if self.action in ('status', 'redirect'):
             obj['code'] = self.code
@@ -232,9 +245,10 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
             obj['seconds'] = self.seconds
         return obj
 
-    def matches(self, method: str, path: str) -> bool:
-        """Tell whether the rule (still) concerns this request."""
-        if self.times == 0:
+    def matches(self, method: str, path: str, first: int = 0) -> bool:
+        """Tell whether the rule (still) concerns this request, whose
+        Range starts at byte @first."""
+        if self.times == 0 or first < self.first:
             return False
         if self.path is not None and self.path != path:
             return False
@@ -372,9 +386,10 @@ class ServerState:
         with self.lock:
             return [rule.to_json() for rule in self.faults]
 
-    def take_fault(self, method: str, path: str,
+    def take_fault(self, method: str, path: str, first: int = 0,
                    after: Optional[FaultRule] = None) -> Optional[FaultRule]:
-        """Find the first rule matching a request and count it down.
+        """Find the first rule matching a request (whose Range starts at
+        byte @first) and count it down.
 
         Return the rule if it is to be applied, or None if the request
         is to be answered normally (no rule matches, or the first one
@@ -389,7 +404,7 @@ class ServerState:
                               if r.rule_id == after.rule_id), len(rules))
                 rules = rules[index + 1:]
             for rule in rules:
-                if not rule.matches(method, path):
+                if not rule.matches(method, path, first):
                     continue
                 if rule.skip > 0:
                     rule.skip -= 1
@@ -566,7 +581,8 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                                        if code == 407 else
                                        'WWW-Authenticate': 'Basic realm="t"'})
             return
-        rule = state.take_fault(self.command, path)
+        first = range_first(range_header)
+        rule = state.take_fault(self.command, path, first)
         if rule is not None:
             state.update(record, fault=rule.action)
             self.log_message('fault %r applied', rule.to_json())
@@ -577,7 +593,8 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                 if self.server.stopping.wait(rule.seconds):
                     self.close_connection = True
                     return
-                rule = state.take_fault(self.command, path, after=rule)
+                rule = state.take_fault(self.command, path, first,
+                                        after=rule)
                 if rule is not None:
                     state.update(record, fault=f'delay+{rule.action}')
             if rule is None:

@@ -556,6 +556,18 @@ class FaultTest(ServerTestCase):
         self.assertEqual((rule['skip'], rule['times'], rule['hits']),
                          (0, 0, 2))
 
+    def test_rule_from_byte(self) -> None:
+        """A rule with "from" applies only to ranges that start there or
+        later; a request without a Range starts at byte 0."""
+        self.set_faults([{'action': 'status', 'code': 503, 'from': 4096}])
+        statuses = [self.get_range('/data.img', value)[0]
+                    for value in ('bytes=0-4095', 'bytes=4095-8191',
+                                  'bytes=4096-8191', 'bytes=9000-')]
+        self.assertEqual(statuses, [206, 206, 503, 503])
+        self.assertEqual(self.request('GET', '/data.img')[0], 200)
+        [rule] = self.server.faults()
+        self.assertEqual((rule['from'], rule['hits']), (4096, 2))
+
     def test_rule_matching(self) -> None:
         self.set_faults([{'path': '/small.img', 'action': 'status',
                           'code': 404},
