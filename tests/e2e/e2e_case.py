@@ -13,17 +13,50 @@ from __future__ import annotations
 import os
 import unittest
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence, TypeVar, Union
+from typing import (Any, ClassVar, Iterable, List, Optional, Sequence,
+                    Tuple, TypeVar, Union)
 
 import fixtures
-from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult,
+from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult, KiB, MiB,
                       MissingPrerequisite, PatternRegion, QemuSystem,
                       RangeServer, TestImage)
 
 #: Timeout for commands that are expected to fail quickly
 ERROR_TIMEOUT = 90.0
 
+#: The driver's unit of fetching: every Range request starts on a multiple
+#: of it past the image's offset, and ends on one or at the end of the file
+GRANULE = 4 * KiB
+#: The longest Range request the driver sends (a readahead fetch)
+LARGEST_FETCH = 2 * MiB
+
 ServerT = TypeVar('ServerT')
+
+
+def merge_ranges(ranges: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The union of inclusive (first, last) @ranges, as sorted disjoint
+    inclusive ranges (touching ones merged)."""
+    merged: List[Tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def overlapping_ranges(ranges: Iterable[Tuple[int, int]]
+                       ) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """The pairs of inclusive @ranges that share a byte (each range
+    against the one that reaches furthest before it)."""
+    pairs = []
+    reach: Optional[Tuple[int, int]] = None
+    for first, last in sorted(ranges):
+        if reach is not None and first <= reach[1]:
+            pairs.append((reach, (first, last)))
+        if reach is None or last > reach[1]:
+            reach = (first, last)
+    return pairs
 
 
 class E2ETestCase(unittest.TestCase):
@@ -162,6 +195,40 @@ class E2ETestCase(unittest.TestCase):
                     'Input/output error'):
             if bad in output:
                 self.fail(f'qemu-io reported {bad!r} {context}\n{output}')
+
+    def assertFetchRanges(self, ranges: Sequence[Tuple[int, int]],
+                          file_size: int, offset: int = 0,
+                          cover: Optional[Tuple[int, int]] = None,
+                          once: bool = False, msg: str = '') -> None:
+        """Assert that the inclusive (first, last) byte ranges a server
+        was asked for are ranges the driver may ask for.
+
+        Each starts @offset plus a multiple of GRANULE into the remote file
+        of @file_size bytes, ends one byte before such a multiple or at the
+        end of the file, and is at most LARGEST_FETCH long.  With @cover
+        (start, end), counted from @offset, the ranges together hold every
+        byte from start to end; with @once, no byte was asked for twice.
+        """
+        prefix = f'{msg}: ' if msg else ''
+        self.assertTrue(ranges, f'{prefix}no Range request logged')
+        bad = [(first, last) for first, last in ranges
+               if first < offset or (first - offset) % GRANULE or
+               last >= file_size or last < first or
+               ((last + 1 - offset) % GRANULE and last != file_size - 1) or
+               last + 1 - first > LARGEST_FETCH]
+        self.assertEqual(bad, [], f'{prefix}ranges of a {file_size}-byte '
+                         f'file that are not whole {GRANULE}-byte granules '
+                         f'from {offset}, or longer than {LARGEST_FETCH}')
+        if once:
+            self.assertEqual(overlapping_ranges(ranges), [],
+                             f'{prefix}bytes asked for twice')
+        if cover is not None:
+            want = (offset + cover[0], offset + cover[1] - 1)
+            held = [r for r in merge_ranges(ranges)
+                    if r[0] <= want[0] and r[1] >= want[1]]
+            self.assertTrue(held, f'{prefix}the ranges asked for, '
+                            f'{merge_ranges(ranges)}, do not hold every '
+                            f'byte from {want[0]} to {want[1]}')
 
     def check_hmp_reads(self, qemu: QemuSystem,
                         regions: Sequence[PatternRegion],
