@@ -746,9 +746,9 @@ def ensure_images(profile: str, qemu_img: Path) -> Tuple[Dict[str, Image],
 # Trace of the new driver
 # ---------------------------------------------------------------------------
 
-TRACE_EVENTS = ['curl_open', 'curl_probe', 'curl_transfer_done',
-                'curl_transfer_retry', 'curl_close', 'curl_close_cache']
-
+TRACE_EVENTS = ['curl_open', 'curl_probe', 'curl_transfer_submit_locked',
+                'curl_transfer_done_locked', 'curl_transfer_again_locked',
+                'curl_co_preadv_done', 'curl_close', 'curl_close_cache']
 
 
 def trace_args() -> List[str]:
@@ -775,53 +775,66 @@ def parse_trace(text: str) -> Dict[str, Any]:
 
     m = last_match(r'curl_close s \S+ transfers (\d+) bytes fetched '
                    r'(0x[0-9a-f]+) served (0x[0-9a-f]+) retries (\d+) '
-                   r'failed blocks (\d+)')
+                   r'failed fetches (\d+) reads (\d+) waited (\d+) us')
     if m:
         out.update(transfers=int(m.group(1)), fetched=int(m.group(2), 16),
                    served=int(m.group(3), 16), retries=int(m.group(4)),
-                   failed_blocks=int(m.group(5)))
-    m = last_match(r'curl_close_cache s \S+ blocks hit (\d+) missed '
-                   r'(\d+) waited for (\d+) prefetched (\d+) of which '
-                   r'unused (\d+)')
+                   failed_fetches=int(m.group(5)), reads=int(m.group(6)),
+                   read_wait_s=round(int(m.group(7)) / 1e6, 3))
+    m = last_match(r'curl_close_cache s \S+ hits (\d+) misses (\d+) '
+                   r'waits (\d+) readahead fetches (\d+) blocks dropped '
+                   r'unread (\d+) evictions (\d+)')
     if m:
         out.update(hits=int(m.group(1)), misses=int(m.group(2)),
-                   waits=int(m.group(3)), prefetched=int(m.group(4)),
-                   prefetch_unused=int(m.group(5)))
+                   waits=int(m.group(3)), readahead_fetches=int(m.group(4)),
+                   readahead_unread=int(m.group(5)),
+                   evictions=int(m.group(6)))
+    done_re = (r'curl_transfer_done_locked s \S+ range (0x[0-9a-f]+)-'
+               r'(0x[0-9a-f]+) got (0x[0-9a-f]+) bytes in (\d+) us, new '
+               r'connections (\d+), ret (-?\d+)')
     durations = []
     new_conns = 0
     bad = 0
-    for m in re.finditer(r'curl_transfer_done s \S+ block \d+ bytes '
-                         r'(0x[0-9a-f]+) in (\d+) us, new connections (\d+), '
-                         r'ret (-?\d+)', text):
-        durations.append(int(m.group(2)) / 1e6)
-        new_conns += int(m.group(3))
-        if int(m.group(4)) != 0:
+    for m in re.finditer(done_re, text):
+        durations.append(int(m.group(4)) / 1e6)
+        new_conns += int(m.group(5))
+        if int(m.group(6)) != 0:
             bad += 1
     if durations:
         out.update(transfer_seconds_median=round(statistics.median(durations),
                                                  4),
                    transfer_seconds_max=round(max(durations), 4),
                    new_connections=new_conns, transfers_failed=bad)
-    out['retry_events'] = len(re.findall(r'curl_transfer_retry', text))
+    out['retry_events'] = len(re.findall(r'curl_transfer_again_locked',
+                                         text))
     # With time stamps (run_measured(stamp_stderr=True)): a timeline
     spans = []
-    for m in re.finditer(r'^@(\d+\.\d+) curl_transfer_done s \S+ block \d+ '
-                         r'bytes (0x[0-9a-f]+) in (\d+) us', text, re.M):
+    for m in re.finditer(r'^@(\d+\.\d+) ' + done_re, text, re.M):
         end = float(m.group(1))
-        spans.append((end - int(m.group(3)) / 1e6, end,
-                      int(m.group(2), 16)))
+        spans.append((end - int(m.group(5)) / 1e6, end,
+                      int(m.group(4), 16)))
     opened = re.search(r'^@(\d+\.\d+) curl_open ', text, re.M)
     closed = re.search(r'^@(\d+\.\d+) curl_close ', text, re.M)
+    first_read = re.search(r'^@(\d+\.\d+) curl_co_preadv_done ', text, re.M)
     if spans:
         first = min(a for a, _, _ in spans)
         last = max(b for _, b, _ in spans)
         busy = sum(b - a for a, b, _ in spans)
         span = max(last - first, 1e-6)
         wave = sorted(b for _, b, _ in spans)
+        start = float(opened.group(1)) if opened else first
+        # How many transfers were in flight 0.5 s after open, at most
+        in_flight = max((sum(1 for a, b, _ in spans if a <= t < b)
+                         for t in sorted({a for a, _, _ in spans
+                                          if a <= start + 0.5})),
+                        default=0)
         out['timeline'] = {
-            'open_s': round(float(opened.group(1)), 3) if opened else None,
+            'open_s': round(start, 3),
             'first_transfer_start_s': round(first, 3),
             'first_transfer_done_s': round(wave[0], 3),
+            'first_read_done_s': (round(float(first_read.group(1)), 3)
+                                  if first_read else None),
+            'most_in_flight_by_0.5s': in_flight,
             'sixteenth_transfer_done_s': round(wave[min(15, len(wave) - 1)],
                                                3),
             'last_transfer_done_s': round(last, 3),
