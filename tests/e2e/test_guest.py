@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Dict, List, Union
 
 import fixtures
 import qemu_guest
-from e2e_case import E2ETestCase
+from e2e_case import E2ETestCase, merge_ranges
 from fixtures import (KiB, MiB, MissingPrerequisite, Nginx, RangeServer,
                       TarMember)
 from qemu_guest import BootResult, Guest, GuestDisk
@@ -188,12 +188,24 @@ class GuestBootTest(E2ETestCase):
         faults = [e for e in gets if e['fault'] == 'short']
         self.assertGreaterEqual(len(faults), 2, 'no GET was cut short')
         self.assertTrue(all(e['bytes_sent'] == FAULT_BYTES for e in faults))
-        # Each block cut short was asked for again, and answered in full
-        whole = {e['range'] for e in gets
-                 if e['fault'] is None and e['status'] == 206}
+        # Each GET cut short was asked for again from its first byte that
+        # did not arrive, and in the end every byte of it arrived
+        ranges = {e['seq']: fixtures.parse_byte_range(e['range'])
+                  for e in gets}
+        arrived = merge_ranges(
+            (ranges[e['seq']][0],
+             ranges[e['seq']][0] + e['bytes_sent'] - 1)
+            if e['fault'] == 'short' else ranges[e['seq']]
+            for e in gets if e['status'] == 206)
         for entry in faults:
-            self.assertIn(entry['range'], whole,
-                          f'{entry["range"]} was not fetched again')
+            first, last = ranges[entry['seq']]
+            rest = (first + FAULT_BYTES, last)
+            self.assertIn(rest, [ranges[e['seq']] for e in gets
+                                 if e['seq'] > entry['seq']],
+                          f'{entry["range"]} was not resumed')
+            self.assertTrue(any(a <= first and last <= b
+                                for a, b in arrived),
+                            f'not every byte of {entry["range"]} arrived')
 
     # -- the stock driver, as a baseline
 
