@@ -29,8 +29,26 @@ ERROR_TIMEOUT = 90.0
 GRANULE = 4 * KiB
 #: The longest Range request the driver sends (a readahead fetch)
 LARGEST_FETCH = 2 * MiB
+#: What each warm-up fetch at open asks for, one per connection but one
+WARM_UP_FETCH = 64 * KiB
 
 ServerT = TypeVar('ServerT')
+
+
+def granule_range(offset: int, length: int, size: int) -> Tuple[int, int]:
+    """The inclusive byte range of the granules that hold the bytes from
+    @offset, @length of them, of a file of @size bytes."""
+    return (offset // GRANULE * GRANULE,
+            min(-(-min(offset + length, size) // GRANULE) * GRANULE,
+                size) - 1)
+
+
+def read_granules(reads: Iterable[Tuple[int, int]],
+                  size: int) -> List[Tuple[int, int]]:
+    """The granules that hold the bytes of @reads ((offset, length)
+    each) of a file of @size bytes, as merged inclusive ranges."""
+    return merge_ranges(granule_range(offset, length, size)
+                        for offset, length in reads if length)
 
 
 def merge_ranges(ranges: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:

@@ -5,21 +5,38 @@
 # A raw image is tiled with regions of seeded random lengths (1 byte to
 # 5 MiB) and byte patterns, written with qemu-io write -P (some regions
 # are left as zeroes), and its size is not a multiple of 512 nor of any
-# block size.  qemu-io then issues batches of concurrent aio_read -P at
-# seeded random places, each followed by aio_flush: reads inside a
-# region, reads across block boundaries, reads ending at the last byte
-# of the file, of 1 byte to several blocks, so that every read's content
-# is checked.  With a small cache (4 blocks of 64 KiB, or a single
-# block of 4 KiB) blocks are evicted and fetched again while reads wait
-# for room, which the server log confirms.  read -v dumps of random spots, and of the end of the
-# image where the raw node reads zeroes past the end of the remote file,
-# are compared with the local bytes.
+# block size nor of the driver's 4 KiB granule.  qemu-io then issues
+# batches of concurrent aio_read -P at seeded random places, each
+# followed by aio_flush: reads inside a region, reads across block
+# boundaries, reads ending at the last byte of the file, of 1 byte to
+# several blocks, so that every read's content is checked.
+#
+# The server log must show well-formed fetches (assertFetchRanges: each
+# GET answered with 206, starting and ending on a 4 KiB granule or at
+# the end of the file, at most 2 MiB long), over no more connections
+# than allowed, that hold every byte read.  With the default options
+# the cache holds the whole image: no byte is fetched twice.  With a
+# small cache (4 blocks of 64 KiB, or a single block of 4 KiB) blocks
+# are evicted and bytes fetched again while reads wait for room, which
+# the server log confirms; yet no more bytes are fetched than each
+# read's own granules, once, and what readahead and the warm-up at open
+# fetched (as the driver traces it, curl_cache_event), which is at most
+# the warm-up and one readahead top-up per read.  With readahead=0
+# (explicit, or because the cache has a single block) the GETs are
+# exactly the granules that hold the bytes read, each GET within one
+# read's granules, and no read's granule is fetched twice for it.
+# read -v dumps of random spots, and of the end of the image where the
+# raw node reads zeroes past the end of the remote file, are compared
+# with the local bytes.
 #
 # qemu-img bench runs thousands of reads at depth 32 over the standard
 # raw image, with a step that visits its slots in a scrambled order,
-# with the default options and with the small cache.  bench does not
-# check data; it must complete without a failed request, and the server
-# must only have been asked for whole blocks.
+# with the default options, with the small cache, and with 4 KiB blocks
+# and no readahead.  bench does not check data; it must complete without
+# a failed request, and the server log is checked as above: well-formed
+# fetches holding every byte read, none twice with the default options,
+# within what the reads and readahead may fetch with the small cache,
+# exactly the granules read without readahead.
 """Random concurrent reads: qemu-io aio_read -P and qemu-img bench."""
 
 from __future__ import annotations
@@ -28,10 +45,12 @@ import collections
 import random
 import re
 import unittest
-from typing import ClassVar, List, Optional, Set, Tuple
+from pathlib import Path
+from typing import ClassVar, Iterable, List, Optional, Sequence, Tuple
 
 import fixtures
-from e2e_case import E2ETestCase
+from e2e_case import (GRANULE, WARM_UP_FETCH, E2ETestCase, granule_range,
+                      merge_ranges, overlapping_ranges)
 from fixtures import (CmdResult, ImageSet, KiB, MiB, Nginx, PatternRegion,
                       TestImage)
 
@@ -47,6 +66,19 @@ BATCHES = 6
 
 DEFAULT_BLOCKSIZE = 2 * MiB
 SMALL_CACHE = 'file.blocksize=64k,file.blockcount=4'
+DEFAULT_CONNECTIONS = 16
+#: The readahead of SMALL_CACHE: (blockcount - 1) * blocksize
+SMALL_CACHE_READAHEAD = 3 * 64 * KiB
+#: Most bytes the warm-up at open asks for, with the default connections:
+#: connections - 1 fetches of 64 KiB
+WARM_UP_BYTES = 15 * WARM_UP_FETCH
+
+Ranges = List[Tuple[int, int]]
+
+
+def span_bytes(ranges: Iterable[Tuple[int, int]]) -> int:
+    """How many bytes the inclusive @ranges hold, counted with repeats."""
+    return sum(last + 1 - first for first, last in ranges)
 
 
 def make_regions(size: int, rng: random.Random) -> List[PatternRegion]:
@@ -137,6 +169,7 @@ class DriverRandomTest(E2ETestCase):
     image: ClassVar[TestImage]
     regions: ClassVar[List[PatternRegion]]
     nginx: ClassVar[Nginx]
+    trace: Path
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -154,6 +187,7 @@ class DriverRandomTest(E2ETestCase):
     def setUp(self) -> None:
         super().setUp()
         self.nginx.reset_log()
+        self.trace = self.tmp / 'trace.log'
 
     # -- helpers
 
@@ -164,23 +198,97 @@ class DriverRandomTest(E2ETestCase):
                 f'file.url={self.nginx.url(image.name, scheme)}'
                 f'{"," + options if options else ""}')
 
-    def block_gets(self, blocksize: int) -> List[int]:
-        """The blocks that nginx was asked for, in order; asserts that
-        each GET was one whole block, answered with 206."""
-        gets = [e for e in self.nginx.settled_log() if e['method'] == 'GET']
-        self.assertTrue(gets, 'no GET logged')
-        self.assertEqual({e['status'] for e in gets}, {206})
-        blocks = []
-        for entry in gets:
-            first, last = fixtures.parse_byte_range(entry['range'])
-            size = self.nginx.root.joinpath(entry['uri'][1:]).stat().st_size
-            self.assertEqual((first % blocksize,
-                              last - first + 1),
-                             (0, min(blocksize, size - first)),
-                             f'not a whole {blocksize}-byte block: '
-                             f'{entry["range"]}')
-            blocks.append(first // blocksize)
-        return blocks
+    def fetched_ranges(self, image: TestImage,
+                       connections: int = DEFAULT_CONNECTIONS) -> Ranges:
+        """The byte ranges of @image that nginx was asked for, in order.
+
+        Asserts that they are well-formed fetches (assertFetchRanges),
+        that each was answered with 206 (499: the driver cancelled it at
+        close before the answer came), and that they came over at most
+        @connections connections.
+        """
+        gets = [e for e in self.nginx.settled_log()
+                if e['method'] == 'GET' and e['uri'] == '/' + image.name]
+        ranges = [fixtures.parse_byte_range(e['range']) for e in gets]
+        self.assertFetchRanges(ranges, image.path.stat().st_size,
+                               msg=image.name)
+        self.assertEqual([e for e in gets if e['status'] not in (206, 499)],
+                         [], 'GETs not answered with 206')
+        used = {e['connection'] for e in gets}
+        self.assertLessEqual(len(used), connections,
+                             f'GETs came over {len(used)} connections')
+        return ranges
+
+    def assertHoldReads(self, ranges: Ranges,
+                        reads: Sequence[Tuple[int, int]], size: int) -> None:
+        """Assert that @ranges together hold every byte of the file (of
+        @size bytes) that @reads ((offset, length) each) read."""
+        held = merge_ranges(ranges)
+        missed = [(offset, length) for offset, length in reads
+                  if offset < size and not any(
+                      first <= offset and min(offset + length, size) - 1 <=
+                      last for first, last in held)]
+        self.assertEqual(missed, [], 'reads whose bytes were not all '
+                         'fetched')
+
+    def assertOnlyGranulesRead(self, ranges: Ranges,
+                               reads: Sequence[Tuple[int, int]],
+                               size: int) -> None:
+        """Without readahead: assert that @ranges together are exactly the
+        granules that hold the bytes of @reads (of a file of @size
+        bytes), that each lies within the granules of one read, and
+        that they hold no more bytes than the reads' granules, counted
+        once per read (no read fetched one of its granules twice)."""
+        extents = sorted({granule_range(offset, length, size)
+                          for offset, length in reads if offset < size})
+        self.assertEqual(merge_ranges(ranges), merge_ranges(extents),
+                         'not the granules of the reads')
+        stray = [r for r in ranges
+                 if not any(first <= r[0] and r[1] <= last
+                            for first, last in extents)]
+        self.assertEqual(stray, [], 'GETs not within the granules of one '
+                         'read')
+        in_reads = sum(last + 1 - first for first, last in
+                       (granule_range(offset, length, size)
+                        for offset, length in reads if offset < size))
+        self.assertLessEqual(span_bytes(ranges), in_reads,
+                             'more bytes fetched than the reads\' granules')
+
+    def trace_args(self) -> List[str]:
+        """The qemu-img or qemu-io options that trace the cache's events
+        to this test's trace file (see traced_readahead())."""
+        return ['--trace', f'enable=curl_cache_event,file={self.trace}']
+
+    def traced_readahead(self) -> Ranges:
+        """The fetches that readahead (and the warm-up at open) started,
+        as traced with trace_args(): inclusive image byte ranges."""
+        text = self.trace.read_text(encoding='utf-8', errors='replace')
+        self.assertIn('curl_cache_event', text, 'nothing traced')
+        return [(int(m.group(1), 16), int(m.group(1), 16) +
+                 int(m.group(2), 16) - 1) for m in re.finditer(
+                     r'curl_cache_event .*? readahead offset 0x([0-9a-f]+) '
+                     r'bytes 0x([0-9a-f]+)', text)]
+
+    def assertFetchedAtMost(self, ranges: Ranges,
+                            reads: Sequence[Tuple[int, int]], size: int,
+                            readahead: int) -> None:
+        """Assert that @ranges hold no more bytes than @reads fetch for
+        themselves (each read its own granules, once) and readahead
+        fetched, as the driver traced it (run with trace_args()); and
+        that readahead fetched no more than the warm-up at open and one
+        top-up of @readahead (rounded out to granules) per read."""
+        own = sum(last + 1 - first for first, last in
+                  (granule_range(offset, length, size)
+                   for offset, length in reads if offset < size))
+        ahead = span_bytes(self.traced_readahead())
+        self.assertLessEqual(ahead, len(reads) * (readahead + 2 * GRANULE) +
+                             WARM_UP_BYTES, f'readahead fetched more than '
+                             f'{len(reads)} reads with readahead='
+                             f'{readahead} may')
+        self.assertLessEqual(span_bytes(ranges), own + ahead,
+                             f'more bytes fetched than the {own} bytes of '
+                             f'the reads\' granules and the {ahead} bytes '
+                             'that readahead fetched')
 
     def run_aio_reads(self, reads: List[PatternRegion],
                       spec: str) -> CmdResult:
@@ -192,7 +300,8 @@ class DriverRandomTest(E2ETestCase):
                 args += ['-c', f'aio_read -P 0x{read.pattern:02x} '
                          f'{read.offset} {read.length}']
             args += ['-c', 'aio_flush']
-        result = self.qemu_io(*args, '--image-opts', spec)
+        result = self.qemu_io(*self.trace_args(), *args, '--image-opts',
+                              spec)
         self.assertSucceeded(result)
         self.assertNoPatternFailure(result.output, f'with {spec}')
         for bad in ('failed', 'error'):
@@ -206,63 +315,73 @@ class DriverRandomTest(E2ETestCase):
                          f'output\n{result.stdout[-3000:]}')
         return result
 
-    def check_random_reads(self, blocksize: int, options: str,
-                           seed: int) -> List[int]:
-        """Random aio_read -P of the pattern image; return the blocks
-        fetched."""
+    def check_random_reads(self, blocksize: int, options: str, seed: int,
+                           connections: int = DEFAULT_CONNECTIONS
+                           ) -> Tuple[Ranges, List[Tuple[int, int]]]:
+        """Random aio_read -P of the pattern image, reads sized and placed
+        for @blocksize; check that the GETs were well-formed fetches, over
+        at most @connections connections, that hold every byte read.
+        Return the ranges fetched and the reads ((offset, length)
+        each)."""
         reads = RandomReads(self.regions, blocksize, seed).make(
             BATCH * BATCHES)
         self.assertTrue(any(r.offset // blocksize !=
                             (r.end - 1) // blocksize for r in reads))
         self.assertTrue(any(r.end == PATTERN_IMAGE_SIZE for r in reads))
         self.run_aio_reads(reads, self.spec(self.image, options))
-        blocks = self.block_gets(blocksize)
-        needed = {b for r in reads
-                  for b in range(r.offset // blocksize,
-                                 (r.end - 1) // blocksize + 1)}
-        self.assertLessEqual(needed, set(blocks),
-                             'a block that was read was never fetched')
-        return blocks
+        ranges = self.fetched_ranges(self.image, connections)
+        spans = [(r.offset, r.length) for r in reads]
+        self.assertHoldReads(ranges, spans, PATTERN_IMAGE_SIZE)
+        return ranges, spans
 
     # -- qemu-io aio_read
 
     def test_aio_reads_default_options(self) -> None:
-        """Default options: 2 MiB blocks, everything fits the cache, so
-        that each block is fetched once."""
-        blocks = self.check_random_reads(DEFAULT_BLOCKSIZE, '', SEED + 1)
-        self.assertEqual(len(blocks), len(set(blocks)),
-                         f'a block was fetched twice: {blocks}')
+        """Default options: 2 MiB blocks, the whole image fits the cache
+        (56 MiB), so that no byte is fetched twice (and so at most the
+        whole file)."""
+        ranges, _ = self.check_random_reads(DEFAULT_BLOCKSIZE, '', SEED + 1)
+        self.assertEqual(overlapping_ranges(ranges), [],
+                         'bytes fetched twice')
+        self.assertLessEqual(span_bytes(ranges), PATTERN_IMAGE_SIZE)
 
     def test_aio_reads_small_cache(self) -> None:
         """4 blocks of 64 KiB with the default readahead (3 blocks):
-        blocks are evicted and fetched again under concurrency."""
-        blocks = self.check_random_reads(64 * KiB, SMALL_CACHE, SEED + 2)
-        refetched = [b for b, n in collections.Counter(blocks).items()
-                     if n > 1]
-        self.assertTrue(refetched, 'no block was fetched twice: the cache '
-                        'did not evict anything')
+        blocks are evicted and bytes fetched again under concurrency,
+        but no more than the reads, their readahead and the warm-up may
+        fetch."""
+        ranges, reads = self.check_random_reads(64 * KiB, SMALL_CACHE,
+                                                SEED + 2)
+        self.assertTrue(overlapping_ranges(ranges), 'no byte was fetched '
+                        'twice: the cache did not evict anything')
+        self.assertFetchedAtMost(ranges, reads, PATTERN_IMAGE_SIZE,
+                                 SMALL_CACHE_READAHEAD)
 
     def test_aio_reads_one_block_cache(self) -> None:
-        """A cache of one 4 KiB block (so no readahead) and 4
-        connections: the reads in flight take turns for the one block."""
-        blocks = self.check_random_reads(
+        """A cache of one 4 KiB block (so no readahead, and no warm-up)
+        and 4 connections: the reads in flight take turns for the one
+        block, so that bytes are fetched again, but only the granules
+        read are."""
+        ranges, reads = self.check_random_reads(
             4 * KiB, 'file.blocksize=4k,file.blockcount=1,'
-            'file.connections=4', SEED + 5)
-        self.assertGreater(len(blocks), len(set(blocks)),
-                           'no block was fetched twice')
+            'file.connections=4', SEED + 5, connections=4)
+        self.assertTrue(overlapping_ranges(ranges),
+                        'no byte was fetched twice')
+        self.assertOnlyGranulesRead(ranges, reads, PATTERN_IMAGE_SIZE)
 
     def test_aio_reads_4k_blocks_two_connections_http(self) -> None:
         """4 KiB blocks, 16 of them, two connections, no readahead, over
-        plain http."""
+        plain http: exactly the granules read are fetched, over two
+        connections at most."""
         options = ('file.blocksize=4k,file.blockcount=16,'
                    'file.connections=2,file.readahead=0')
         reads = RandomReads(self.regions, 4 * KiB, SEED + 3).make(
             BATCH * BATCHES)
         self.run_aio_reads(reads, self.spec(self.image, options, 'http'))
-        self.block_gets(4 * KiB)
-        connections = {e['connection'] for e in self.nginx.access_log()
-                       if e['method'] == 'GET'}
-        self.assertLessEqual(len(connections), 2)
+        ranges = self.fetched_ranges(self.image, connections=2)
+        self.assertOnlyGranulesRead(ranges,
+                                    [(r.offset, r.length) for r in reads],
+                                    PATTERN_IMAGE_SIZE)
 
     def test_aio_read_wrong_pattern_is_detected(self) -> None:
         """Control: aio_read -P reports a wrong pattern, so the checks
@@ -279,7 +398,8 @@ class DriverRandomTest(E2ETestCase):
     def test_hexdumps_of_random_spots(self) -> None:
         """read -v of random spots, of the last bytes of the image and of
         the zeroes the raw node reads after them, equal the local file
-        (and zeroes)."""
+        (and zeroes); the fetches hold the bytes of the spots, and no
+        more than the reads may fetch."""
         rng = random.Random(SEED + 4)
         spots: List[Tuple[int, int]] = []
         for i in range(6):
@@ -292,7 +412,7 @@ class DriverRandomTest(E2ETestCase):
         args: List[str] = ['-r']
         for offset, length in spots:
             args += ['-c', f'read -v {offset} {length}']
-        result = self.qemu_io(*args, '--image-opts',
+        result = self.qemu_io(*self.trace_args(), *args, '--image-opts',
                               self.spec(self.image, SMALL_CACHE))
         self.assertSucceeded(result)
         dump = fixtures.parse_hexdump(result.stdout)
@@ -306,55 +426,72 @@ class DriverRandomTest(E2ETestCase):
             expected += bytes(length - len(expected))
             self.assertEqual(got.hex(), expected.hex(),
                              f'at {offset}, {length} bytes')
+        ranges = self.fetched_ranges(self.image)
+        self.assertHoldReads(ranges, spots, PATTERN_IMAGE_SIZE)
+        self.assertFetchedAtMost(ranges, spots, PATTERN_IMAGE_SIZE,
+                                 SMALL_CACHE_READAHEAD)
 
     # -- qemu-img bench
 
     def check_bench(self, options: str, bufsize: int, step: int,
-                    count: int, blocksize: int) -> None:
-        """qemu-img bench -d 32 of the standard raw image."""
+                    count: int, connections: int = DEFAULT_CONNECTIONS
+                    ) -> Tuple[Ranges, List[Tuple[int, int]]]:
+        """qemu-img bench -d 32 of the standard raw image: no failed
+        request, and well-formed fetches, over at most @connections
+        connections, that hold every byte read.  Return the ranges
+        fetched and the reads ((offset, length))."""
         image = self.images.raw
         # Reads never reach past the end: all offsets are multiples of
         # the read size, which divides the image size
         self.assertEqual(image.size % bufsize, 0)
         self.assertEqual(step % bufsize, 0)
-        result = self.qemu_img('bench', '--image-opts', '-d', '32', '-c',
-                               str(count), '-s', str(bufsize), '-S',
-                               str(step), '-o', str(7 * bufsize),
-                               self.spec(image, options))
+        result = self.qemu_img(*self.trace_args(), 'bench', '--image-opts',
+                               '-d', '32', '-c', str(count), '-s',
+                               str(bufsize), '-S', str(step), '-o',
+                               str(7 * bufsize), self.spec(image, options))
         self.assertSucceeded(result)
         self.assertIn(f'Sending {count} read requests, {bufsize} bytes '
                       f'each, 32 in parallel', result.stdout)
         self.assertRegex(result.stdout, r'Run completed in [0-9.]+ seconds')
         self.assertNotIn('Failed request', result.output)
         slots = image.size // bufsize
-        touched: Set[int] = set()
-        for i in range(count):
-            start = (7 + i * (step // bufsize)) % slots * bufsize
-            touched.update(range(start // blocksize,
-                                 (start + bufsize - 1) // blocksize + 1))
-        blocks = self.block_gets(blocksize)
-        self.assertLessEqual(touched, set(blocks))
+        reads = [((7 + i * (step // bufsize)) % slots * bufsize, bufsize)
+                 for i in range(count)]
+        ranges = self.fetched_ranges(image, connections)
+        self.assertHoldReads(ranges, reads, image.size)
+        return ranges, reads
 
     def test_bench_default_options(self) -> None:
-        """4 KiB reads, scrambled over the whole image, default options."""
+        """4 KiB reads, scrambled over the whole image, default options:
+        every byte of the image is fetched, none twice (the cache holds
+        the whole image)."""
         # 1237 is prime to the 12288 slots: every slot is visited once
-        self.check_bench('', 4 * KiB, 1237 * 4 * KiB, 12288,
-                         DEFAULT_BLOCKSIZE)
+        ranges, _ = self.check_bench('', 4 * KiB, 1237 * 4 * KiB, 12288)
+        size = self.images.raw.size
+        self.assertFetchRanges(ranges, size, cover=(0, size), once=True)
 
     def test_bench_small_cache(self) -> None:
         """48 KiB reads (most cross a 64 KiB block boundary), scrambled,
-        with a cache of 4 blocks of 64 KiB and the default readahead."""
+        with a cache of 4 blocks of 64 KiB and the default readahead:
+        every byte is fetched, and no more than the reads, their
+        readahead and the warm-up may fetch."""
         # 301 is prime to the 1024 slots
-        self.check_bench(SMALL_CACHE, 48 * KiB, 301 * 48 * KiB, 1024,
-                         64 * KiB)
+        ranges, reads = self.check_bench(SMALL_CACHE, 48 * KiB,
+                                         301 * 48 * KiB, 1024)
+        size = self.images.raw.size
+        self.assertFetchRanges(ranges, size, cover=(0, size))
+        self.assertFetchedAtMost(ranges, reads, size, SMALL_CACHE_READAHEAD)
 
     def test_bench_small_cache_no_readahead_4k_blocks(self) -> None:
         """12 KiB reads over 4 KiB blocks, a cache of 8 blocks and 4
-        connections, no readahead."""
+        connections, no readahead: exactly the granules read are
+        fetched."""
         # 12 KiB divides 48 MiB; 1001 is prime to the 4096 slots
-        self.check_bench('file.blocksize=4k,file.blockcount=8,'
-                         'file.connections=4,file.readahead=0',
-                         12 * KiB, 1001 * 12 * KiB, 2048, 4 * KiB)
+        ranges, reads = self.check_bench(
+            'file.blocksize=4k,file.blockcount=8,file.connections=4,'
+            'file.readahead=0', 12 * KiB, 1001 * 12 * KiB, 2048,
+            connections=4)
+        self.assertOnlyGranulesRead(ranges, reads, self.images.raw.size)
 
 
 if __name__ == '__main__':

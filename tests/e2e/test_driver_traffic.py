@@ -2,39 +2,52 @@
 #
 # e2e: what the curl driver puts on the wire, from the servers' logs.
 #
+# Every Range request is checked for its shape (assertFetchRanges): it
+# starts on a 4 KiB granule of the image, ends one byte before one or at
+# the end of the file, and is at most 2 MiB long; every GET is answered
+# with 206.  Besides:
+#
 # * A sequential qemu-img convert of a file of S bytes (the raw and the
 #   compressed qcow2 standard images) asks nginx and the range server
-#   for at most 1.02 * S body bytes in total.  The same conversions with
-#   the stock driver are measured in the same test and printed next to
-#   them ("traffic: ..." lines), for information only.
-# * Two reads of one block fetch it once; a read across two blocks
-#   fetches exactly those two (readahead=0), once each, each a whole
-#   block.
-# * Readahead: many small sequential reads make the driver fetch the
-#   blocks that follow, up to the readahead distance, and no byte twice.
-#   Small reads at random places (none continuing an earlier one) fetch
-#   only the blocks read; uniformly random small reads never fetch a
-#   block twice (how much they fetch ahead is printed).
+#   for every byte of a raw file, for no byte twice (the default cache
+#   holds the whole file), and for at most 1.02 * S body bytes in total.
+#   The same conversions with the stock driver are measured in the same
+#   test and printed next to them ("traffic: ..." lines), for information
+#   only.
+# * readahead=0: reads fetch exactly the 4 KiB granules that hold their
+#   bytes, the granules of a second read that are already cached or on
+#   the way are not fetched again, and a read across a block boundary
+#   fetches the granules on both sides, once.  With the default
+#   readahead, the warm-up at open (connections - 1 fetches of 64 KiB
+#   from the start of the image) is all that two small reads at the
+#   start need: nothing else is fetched.
+# * Readahead: many small sequential reads make the driver fetch what
+#   follows them, from half the readahead distance to the whole of it
+#   past the last byte read, no byte twice.  Small reads at random
+#   places (none continuing an earlier one) fetch only the warm-up and
+#   the granules read; uniformly random small reads never fetch a byte
+#   twice (how much they fetch ahead is printed).
 # * connections: a big convert with connections=4 uses at most 4
 #   connections for its GETs (the size probe at open has its own), with
-#   connections=16 more than 4.
+#   connections=16 more than 4; both fetch every byte once.
 # * ftp:// convert of raw and qcow2 images with blocksize=64k and
-#   connections=4, byte for byte, one RETR per block.
-"""Requests and bytes on the wire: convert, block reads, readahead,
-connections, FTP."""
+#   connections=4, byte for byte: the server logs one RETR for each
+#   ranged fetch that the driver traced, and those fetches have the same
+#   shape as over HTTP, cover a raw image and ask for no byte twice.
+"""Requests and bytes on the wire: convert, granule reads, warm-up,
+readahead, connections, FTP."""
 
 from __future__ import annotations
 
-import collections
 import random
 import re
-import time
 import unittest
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Set, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import fixtures
-from e2e_case import E2ETestCase
+from e2e_case import (GRANULE, WARM_UP_FETCH, E2ETestCase, merge_ranges,
+                      overlapping_ranges, read_granules)
 from fixtures import (Binaries, FtpServer, ImageSet, KiB, MiB, Nginx,
                       RangeServer, TestImage)
 
@@ -44,6 +57,26 @@ MAX_CONVERT_RATIO = 1.02
 #: A sparse image much larger than the default readahead distance
 SPARSE_SIZE = 2 * 1024 * MiB
 SPARSE_NAME = 'sparse.raw'
+
+#: The driver's defaults that the expectations below depend on
+DEFAULT_CONNECTIONS = 16
+DEFAULT_READAHEAD = 32 * MiB
+#: What each warm-up fetch at open asks for
+
+#: A read that starts within 256 KiB of where a stream of reads ended
+#: continues it; reads farther apart than this are random reads
+RANDOM_READ_DISTANCE = 300 * KiB
+
+Ranges = List[Tuple[int, int]]
+
+
+def warm_up_ranges(size: int,
+                   connections: int = DEFAULT_CONNECTIONS) -> Ranges:
+    """What the warm-up at open asks for: connections - 1 fetches of
+    64 KiB, one after the other from the start of the image."""
+    return [(i * WARM_UP_FETCH, min((i + 1) * WARM_UP_FETCH, size) - 1)
+            for i in range(max(1, connections - 1))
+            if i * WARM_UP_FETCH < size]
 
 
 class DriverTrafficTest(E2ETestCase):
@@ -85,20 +118,37 @@ class DriverTrafficTest(E2ETestCase):
         return [e for e in self.nginx.settled_log()
                 if e['method'] == 'GET' and e['uri'] == '/' + name]
 
-    def nginx_blocks(self, name: str, blocksize: int) -> List[int]:
-        """The blocks of @name that nginx was asked for, in order.
+    def nginx_ranges(self, name: str) -> Ranges:
+        """The byte ranges of the GETs of @name that nginx was asked for,
+        in order.
 
-        Asserts that each GET asked for one whole block.
+        Asserts that they are well-formed fetches (assertFetchRanges) and
+        that nginx answered each with 206 (499: the driver cancelled it
+        at close before the answer came).
         """
-        size = self.nginx.root.joinpath(name).stat().st_size
-        blocks = []
-        for entry in self.nginx_gets(name):
-            first, last = fixtures.parse_byte_range(entry['range'])
-            self.assertEqual((first % blocksize, last + 1),
-                             (0, min(first + blocksize, size)),
-                             f'not one whole block: {entry["range"]}')
-            blocks.append(first // blocksize)
-        return blocks
+        gets = self.nginx_gets(name)
+        ranges = [fixtures.parse_byte_range(e['range']) for e in gets]
+        self.assertFetchRanges(
+            ranges, self.nginx.root.joinpath(name).stat().st_size,
+            msg=name)
+        self.assertEqual([e for e in gets if e['status'] not in (206, 499)],
+                         [], 'GETs not answered with 206')
+        return ranges
+
+    def assertGranulesOfReads(self, ranges: Ranges,
+                              reads: Sequence[Tuple[int, int]], size: int,
+                              also: Sequence[Tuple[int, int]] = ()
+                              ) -> None:
+        """Assert that @ranges, taken together, are exactly the granules
+        that hold the bytes of @reads (and @also), and that no byte was
+        asked for twice."""
+        self.assertEqual(overlapping_ranges(ranges), [],
+                         'bytes asked for twice')
+        self.assertEqual(merge_ranges(ranges),
+                         merge_ranges(read_granules(reads, size) +
+                                      list(also)),
+                         f'not the granules of the reads {reads}'
+                         f'{" and " + str(list(also)) if also else ""}')
 
     def qemu_io_reads(self, name: str, options: str,
                       reads: List[Tuple[int, int]],
@@ -129,7 +179,9 @@ class DriverTrafficTest(E2ETestCase):
         """Convert @image from @server with @binary.
 
         Return the number of GETs, the body bytes sent, and whether the
-        output was right.
+        output was right.  For the new driver, also assert that the
+        output is right and that the GETs were well-formed fetches that
+        asked for no byte twice and, for a raw image, for every byte.
         """
         self.nginx.reset_log()
         self.range_server.reset()
@@ -143,16 +195,26 @@ class DriverTrafficTest(E2ETestCase):
         if server == 'nginx':
             gets = self.nginx_gets(image.name)
             sent = sum(e['body_bytes_sent'] for e in gets)
-            count = len(gets)
+            answered = [e for e in gets if e['status'] != 499]
         else:
             gets = [e for e in self.range_server.stats()['log']
                     if e['method'] == 'GET']
             sent = sum(e['bytes_sent'] for e in gets)
-            count = len(gets)
+            # (a GET cut short at close is logged without a status)
+            answered = [e for e in gets if e['status'] is not None]
+        count = len(gets)
         out.unlink(missing_ok=True)
         if binary == self.new_img:
             self.assertSucceeded(result, f'convert from {server}')
             self.assertTrue(right, f'wrong data from {server}')
+            size = image.path.stat().st_size
+            self.assertEqual([e for e in answered if e['status'] != 206],
+                             [], f'{server}: GETs not answered with 206')
+            # The default cache (56 MiB) holds the whole file
+            self.assertFetchRanges(
+                [fixtures.parse_byte_range(e['range']) for e in gets], size,
+                cover=(0, size) if image.fmt == 'raw' else None, once=True,
+                msg=f'convert of {image.name} from {server}')
         return count, sent, right
 
     def check_sequential_convert(self, image: TestImage) -> None:
@@ -177,135 +239,154 @@ class DriverTrafficTest(E2ETestCase):
         print('\n' + '\n'.join(lines), flush=True)
 
     def test_sequential_convert_raw(self) -> None:
-        """Convert of the raw image: bytes asked for, new vs stock."""
+        """Convert of the raw image: every byte asked for once, at most
+        1.02 * S bytes sent; new vs stock."""
         self.check_sequential_convert(self.images.raw)
 
     def test_sequential_convert_compressed_qcow2(self) -> None:
-        """Convert of the compressed qcow2 image: new vs stock."""
+        """Convert of the compressed qcow2 image: no byte asked for
+        twice, at most 1.02 * S bytes sent; new vs stock."""
         self.check_sequential_convert(self.images.qcow2c)
 
-    # -- blocks
+    # -- granules
 
     def test_two_reads_of_one_block_fetch_it_once(self) -> None:
-        """read 0 4k then read 100 4k, readahead=0: one GET."""
+        """read 0 4k then read 100 4k in one 64 KiB block, readahead=0:
+        exactly granules 0 and 1 are fetched, granule 0 once (the second
+        read only fetches the granule it misses)."""
+        reads = [(0, 4 * KiB), (100, 4 * KiB)]
         self.qemu_io_reads(self.images.raw.name,
-                           'file.blocksize=64k,file.readahead=0',
-                           [(0, 4 * KiB), (100, 4 * KiB)])
-        self.assertEqual([e['range'] for e in
-                          self.nginx_gets(self.images.raw.name)],
-                         [f'bytes=0-{64 * KiB - 1}'])
+                           'file.blocksize=64k,file.readahead=0', reads)
+        ranges = self.nginx_ranges(self.images.raw.name)
+        self.assertGranulesOfReads(ranges, reads, self.images.raw.size)
+        self.assertEqual(merge_ranges(ranges), [(0, 2 * GRANULE - 1)])
 
     def test_two_reads_of_one_block_with_readahead(self) -> None:
-        """The same with the default readahead: the second read starts
-        readahead, which does not fetch block 0 again."""
-        self.qemu_io_reads(self.images.raw.name, 'file.blocksize=64k',
+        """The same with the default readahead: the warm-up at open
+        fetches the first 15 * 64 KiB, which holds both reads, and the
+        second read makes them a stream whose readahead window (256 KiB)
+        is within the warm-up: the GETs are the warm-up's, nothing is
+        fetched twice."""
+        image = self.images.raw
+        self.qemu_io_reads(image.name, 'file.blocksize=64k',
                            [(0, 4 * KiB), (100, 4 * KiB)])
-        blocks = self.nginx_blocks(self.images.raw.name, 64 * KiB)
-        self.assertEqual(blocks.count(0), 1, blocks)
-        self.assertEqual(len(blocks), len(set(blocks)), blocks)
+        ranges = self.nginx_ranges(image.name)
+        self.assertFetchRanges(ranges, image.size, cover=(0, 100 + 4 * KiB),
+                               once=True)
+        self.assertEqual(sorted(ranges), warm_up_ranges(image.size))
 
     def test_read_across_two_blocks_fetches_both_once(self) -> None:
-        """A 1000-byte read across a block boundary, readahead=0: the
-        two blocks, once each, whole."""
+        """A 1000-byte read across a 64 KiB block boundary, readahead=0:
+        exactly the granule on each side of the boundary, once each."""
         blocksize = 64 * KiB
+        reads = [(3 * blocksize - 500, 1000)]
         self.qemu_io_reads(self.images.raw.name,
-                           'file.blocksize=64k,file.readahead=0',
-                           [(3 * blocksize - 500, 1000)])
-        ranges = sorted(fixtures.parse_byte_range(e['range'])
-                        for e in self.nginx_gets(self.images.raw.name))
-        self.assertEqual(ranges, [(2 * blocksize, 3 * blocksize - 1),
-                                  (3 * blocksize, 4 * blocksize - 1)])
-        for first, last in ranges:
-            self.assertEqual(last - first + 1, blocksize)
+                           'file.blocksize=64k,file.readahead=0', reads)
+        ranges = self.nginx_ranges(self.images.raw.name)
+        self.assertGranulesOfReads(ranges, reads, self.images.raw.size)
+        self.assertEqual(merge_ranges(ranges),
+                         [(3 * blocksize - GRANULE,
+                           3 * blocksize + GRANULE - 1)])
 
     # -- readahead
 
-    def check_sequential_reads(self, options: str,
-                               readahead_blocks: int) -> List[int]:
-        """64 sequential reads of 16 KiB (blocks 0 to 15 of 64 KiB):
-        blocks after them are fetched, up to @readahead_blocks after
-        the last one read, none twice.  Return the blocks fetched."""
-        self.qemu_io_reads(self.images.raw.name, options,
+    def check_sequential_reads(self, options: str, readahead: int) -> None:
+        """64 sequential reads of 16 KiB (the first MiB), then a pause
+        of a second for readahead to reach the server: every byte read
+        and what follows them is fetched, in one run from 0 that ends
+        at least half @readahead and at most @readahead past the last
+        byte read (the window doubles up to @readahead, and is topped up
+        when half of it is missing), no byte twice."""
+        image = self.images.raw
+        read_end = 64 * 16 * KiB
+        self.qemu_io_reads(image.name, options,
                            [(i * 16 * KiB, 16 * KiB) for i in range(64)],
                            linger_ms=1000)
-        blocks = self.nginx_blocks(self.images.raw.name, 64 * KiB)
-        twice = [b for b, n in collections.Counter(blocks).items() if n > 1]
-        self.assertEqual(twice, [], 'blocks fetched more than once')
-        self.assertLessEqual(set(range(16)), set(blocks))
-        ahead = [b for b in blocks if b > 15]
-        self.assertTrue(ahead, 'nothing was fetched ahead')
-        self.assertLessEqual(max(blocks), 15 + readahead_blocks)
-        return blocks
+        ranges = self.nginx_ranges(image.name)
+        self.assertFetchRanges(ranges, image.size, cover=(0, read_end),
+                               once=True)
+        merged = merge_ranges(ranges)
+        self.assertEqual(len(merged), 1, f'not one run from 0: {merged}')
+        ahead = merged[0][1] + 1 - read_end
+        self.assertGreater(ahead, 0, 'nothing was fetched ahead')
+        self.assertGreaterEqual(ahead, readahead // 2,
+                                f'fetched only {ahead} bytes ahead')
+        self.assertLessEqual(ahead, readahead,
+                             f'fetched {ahead} bytes ahead')
 
     def test_sequential_small_reads_default_readahead(self) -> None:
-        """Default readahead (32 MiB: 512 blocks of 64 KiB)."""
-        self.check_sequential_reads('file.blocksize=64k', 512)
+        """Default readahead (32 MiB), 64 KiB blocks."""
+        self.check_sequential_reads('file.blocksize=64k', DEFAULT_READAHEAD)
 
     def test_sequential_small_reads_readahead_1m(self) -> None:
-        """readahead=1M (16 blocks): exactly blocks 0 to 31, once each."""
-        blocks = self.check_sequential_reads(
-            'file.blocksize=64k,file.readahead=1M', 16)
-        self.assertEqual(sorted(blocks), list(range(32)))
+        """readahead=1M: from 1.5 to 2 MiB fetched in all, once each."""
+        self.check_sequential_reads('file.blocksize=64k,file.readahead=1M',
+                                    1 * MiB)
 
     def check_random_reads(self, name: str, size: int, options: str,
-                           blocksize: int, seed: int) -> None:
-        """40 reads of 4 KiB at random places of @name, none of them
-        starting in the block where an earlier one ended or in the next
-        (which would make it the continuation of a stream): only the
-        blocks read are fetched, once each."""
+                           seed: int) -> None:
+        """40 reads of 4 KiB at random places of @name, each farther than
+        RANDOM_READ_DISTANCE from every earlier one (so that none
+        continues a stream): nothing is fetched ahead, so the GETs are
+        exactly the warm-up and the granules read, no byte twice."""
         rng = random.Random(seed)
         reads: List[Tuple[int, int]] = []
-        ends: Set[int] = set()
         while len(reads) < 40:
-            offset = rng.randrange(size // (4 * KiB)) * 4 * KiB
-            if offset // blocksize in ends:
+            offset = rng.randrange(size // GRANULE) * GRANULE
+            if any(abs(offset - other) <= RANDOM_READ_DISTANCE
+                   for other, _ in reads):
                 continue
             reads.append((offset, 4 * KiB))
-            last = (offset + 4 * KiB - 1) // blocksize
-            ends.update((last, last + 1))
         self.qemu_io_reads(name, options, reads, linger_ms=1000)
-        blocks = self.nginx_blocks(name, blocksize)
-        self.assertEqual(sorted(blocks),
-                         sorted({offset // blocksize for offset, _ in reads}))
+        ranges = self.nginx_ranges(name)
+        self.assertGranulesOfReads(ranges, reads, size,
+                                   also=warm_up_ranges(size))
 
     def test_random_small_reads_no_readahead(self) -> None:
         """Random 4 KiB reads, 64 KiB blocks, the default readahead
-        (512 blocks): nothing is fetched ahead."""
+        (32 MiB): nothing is fetched ahead."""
         self.check_random_reads(self.images.raw.name, self.images.raw.size,
-                                'file.blocksize=64k', 64 * KiB, 20260502)
+                                'file.blocksize=64k', 20260502)
 
     def test_random_small_reads_no_readahead_defaults(self) -> None:
         """Random 4 KiB reads of a 2 GiB image with the default options:
         nothing is fetched ahead."""
-        self.check_random_reads(SPARSE_NAME, SPARSE_SIZE, '', 2 * MiB,
-                                20260504)
+        self.check_random_reads(SPARSE_NAME, SPARSE_SIZE, '', 20260504)
 
     def test_uniform_random_small_reads_fetch_no_block_twice(self) -> None:
         """40 uniformly random 4 KiB reads of the 48 MiB image with 64 KiB
-        blocks and the default readahead: every block read is fetched,
-        none twice.  Reads within the readahead distance (32 MiB) of the
-        stream before them do start readahead: how much is printed."""
+        blocks and the default readahead: every byte read is fetched, no
+        byte twice (the cache holds the whole image).  Reads within the
+        readahead distance (32 MiB) of the stream before them do start
+        readahead: how much is printed."""
         rng = random.Random(20260503)
         image = self.images.raw
-        blocksize = 64 * KiB
-        reads = [(rng.randrange(image.size // (4 * KiB)) * 4 * KiB, 4 * KiB)
+        reads = [(rng.randrange(image.size // GRANULE) * GRANULE, 4 * KiB)
                  for _ in range(40)]
         self.qemu_io_reads(image.name, 'file.blocksize=64k', reads,
                            linger_ms=1000)
-        blocks = self.nginx_blocks(image.name, blocksize)
-        self.assertEqual(len(blocks), len(set(blocks)), blocks)
-        read_blocks = {offset // blocksize for offset, _ in reads}
-        self.assertLessEqual(read_blocks, set(blocks))
+        ranges = self.nginx_ranges(image.name)
+        self.assertFetchRanges(ranges, image.size, once=True)
+        held = merge_ranges(ranges)
+        unfetched = [(offset, length) for offset, length in reads
+                     if not any(first <= offset and
+                                offset + length - 1 <= last
+                                for first, last in held)]
+        self.assertEqual(unfetched, [], 'reads whose bytes were not fetched')
+        read_bytes = sum(last + 1 - first for first, last in
+                         read_granules(reads, image.size))
+        fetched = sum(last + 1 - first for first, last in ranges)
         print(f'\ntraffic: 40 random 4 KiB reads of {image.name} '
-              f'(blocksize=64k): {len(read_blocks)} blocks read, '
-              f'{len(blocks)} fetched', flush=True)
+              f'(blocksize=64k): {read_bytes} bytes of granules read, '
+              f'{fetched} fetched in {len(ranges)} requests', flush=True)
 
     # -- connections
 
     def convert_connections(self, connections: int) -> Tuple[int, int]:
         """Convert the raw image over http with 64 KiB blocks and
-        @connections; return the numbers of connections nginx saw for
-        the GETs and for all requests."""
+        @connections: every byte is fetched, once, in well-formed
+        fetches.  Return the numbers of connections nginx saw for the
+        GETs and for all requests."""
         image = self.images.raw
         out = self.tmp / 'out.raw'
         result = self.qemu_img(
@@ -315,9 +396,11 @@ class DriverTrafficTest(E2ETestCase):
             f'file.blocksize=64k,file.connections={connections}', out)
         self.assertSucceeded(result)
         self.assertFileHasImageData(out, image)
+        ranges = self.nginx_ranges(image.name)
+        self.assertFetchRanges(ranges, image.size, cover=(0, image.size),
+                               once=True)
         log = self.nginx.settled_log()
         gets = [e for e in log if e['method'] == 'GET']
-        self.assertEqual(len(gets), image.size // (64 * KiB))
         return (len({e['connection'] for e in gets}),
                 len({e['connection'] for e in log}))
 
@@ -337,48 +420,70 @@ class DriverTrafficTest(E2ETestCase):
     # -- FTP
 
     def check_ftp_convert(self, image: TestImage) -> None:
-        """ftp:// with blocksize=64k,connections=4, byte for byte."""
+        """ftp:// with blocksize=64k,connections=4, byte for byte.
+
+        There is no warm-up over FTP.  Every fetch is one ranged RETR
+        (REST, then RETR until the range is in): the RETRs that the
+        server logs are those that the driver traced
+        (curl_transfer_submit_locked), and the ranges that it traced are
+        well-formed fetches that cover a raw image and ask for no byte
+        twice (the default cache holds the whole file).
+        """
         ftp = FtpServer(self.images.directory)
         ftp.start()
         self.addCleanup(ftp.stop)
         out = self.tmp / 'out.raw'
+        trace = self.tmp / 'trace.log'
+        size = image.path.stat().st_size
         result = self.qemu_img(
+            '--trace', f'enable=curl_transfer_*,file={trace}',
             'convert', '-O', 'raw', '--image-opts',
             f'driver={image.fmt},file.driver=ftp,'
             f'file.url={ftp.url(image.name)},file.blocksize=64k,'
             f'file.connections=4', out)
         self.assertSucceeded(result)
         self.assertFileHasImageData(out, self.images.raw)
+
+        traced = trace.read_text(encoding='utf-8', errors='replace')
+        matches = list(re.finditer(
+            r'curl_transfer_submit_locked .*?range 0x([0-9a-f]+)-'
+            r'0x([0-9a-f]+) readahead (\d)', traced))
+        submitted = [(int(m.group(1), 16), int(m.group(2), 16))
+                     for m in matches]
+        warm_up = [r for r, m in zip(submitted, matches)
+                   if m.group(3) == '1' and r in warm_up_ranges(size, 4)]
+        self.assertEqual(warm_up, [], 'a warm-up over FTP')
+        retries = re.findall(r'curl_transfer_again_locked', traced)
+        self.assertEqual(retries, [], f'transfers retried\n{traced[-3000:]}')
+        self.assertFetchRanges(
+            submitted, size, cover=(0, size) if image.fmt == 'raw' else None,
+            once=True, msg=f'ftp {image.name} (from the trace)')
+
         assert ftp.dir is not None
         log_path = ftp.dir / 'ftpd.log'
-        blocks = -(-image.path.stat().st_size // (64 * KiB))
 
-        def retrs() -> List[str]:
+        def retrs() -> List[int]:
             log = log_path.read_text(encoding='utf-8', errors='replace')
-            return re.findall(r'RETR \S+ completed=\d bytes=\d+', log)
+            return [int(n) for n in re.findall(
+                r'RETR \S+ completed=\d bytes=(\d+)', log)]
 
-        # pyftpdlib logs a RETR once its data connection is closed
-        expected = blocks if image.fmt == 'raw' else 1
-
-        def enough() -> Optional[List[str]]:
+        # pyftpdlib logs a RETR once its data connection is closed, which
+        # may be a moment after qemu-img exited
+        def enough() -> Optional[List[int]]:
             found = retrs()
-            return found if len(found) >= expected else None
+            return found if len(found) >= len(submitted) else None
 
-        found = fixtures.wait_for(enough, 10, 'the FTP log')
-        while True:     # until the log stops growing
-            time.sleep(0.3)
-            if len(retrs()) == len(found):
-                break
-            found = retrs()
-        if image.fmt == 'raw':
-            self.assertEqual(len(found), blocks, 'not one RETR per block')
-        else:
-            self.assertLessEqual(len(found), blocks)
-        sent = sum(int(r.rsplit('=', 1)[1]) for r in found)
-        print(f'\ntraffic: ftp {image.name} (S = '
-              f'{image.path.stat().st_size} bytes), blocksize=64k: '
-              f'{len(found)} RETR, the server sent {sent} bytes = '
-              f'{sent / image.path.stat().st_size:.2f} S', flush=True)
+        found = fixtures.wait_for(enough, 10, f'{len(submitted)} RETRs in '
+                                  'the FTP log')
+        self.assertEqual(len(found), len(submitted),
+                         'not one RETR per fetch the driver traced')
+        sent = sum(found)
+        asked = sum(last + 1 - first for first, last in submitted)
+        self.assertGreaterEqual(sent, asked, 'the server sent less than '
+                                'the driver asked for')
+        print(f'\ntraffic: ftp {image.name} (S = {size} bytes), '
+              f'blocksize=64k: {len(found)} RETR for {asked} bytes, the '
+              f'server sent {sent} bytes = {sent / size:.2f} S', flush=True)
 
     def test_ftp_convert_raw(self) -> None:
         """ftp:// raw image, blocksize=64k, connections=4."""
