@@ -746,7 +746,7 @@ def ensure_images(profile: str, qemu_img: Path) -> Tuple[Dict[str, Image],
 # Trace of the new driver
 # ---------------------------------------------------------------------------
 
-TRACE_EVENTS = ['curl_open', 'curl_probe', 'curl_transfer_submit_locked',
+TRACE_EVENTS = ['curl_open', 'curl_probe_perform', 'curl_transfer_submit_locked',
                 'curl_transfer_done_locked', 'curl_transfer_again_locked',
                 'curl_co_preadv_done', 'curl_close', 'curl_close_cache']
 
