@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Dict, List, Union
 import fixtures
 import qemu_guest
 from e2e_case import E2ETestCase, merge_ranges
-from fixtures import (KiB, MiB, MissingPrerequisite, Nginx, RangeServer,
+from fixtures import (KiB, MissingPrerequisite, Nginx, RangeServer,
                       TarMember)
 from qemu_guest import BootResult, Guest, GuestDisk
 
