@@ -770,6 +770,11 @@ static void curl_transfer_unbind_locked(CURLTransfer *t)
 }
 
 /* Ask for what t->fetch still needs; 0, or -errno and why in t->why */
+static bool curl_is_ftp(BDRVCURLState *s)
+{
+    return g_str_has_prefix(s->url, "ftp");
+}
+
 static int curl_transfer_submit_locked(CURLTransfer *t)
 {
     BDRVCURLState *s = t->s;
@@ -792,6 +797,8 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
 
     curl_setopt(t->easy, CURLOPT_URL, t->redirected ?: s->url, errp);
     curl_setopt(t->easy, CURLOPT_RANGE, t->range, errp);
+    curl_setopt(t->easy, CURLOPT_FRESH_CONNECT,
+                (long)(t->attempt > 0 && curl_is_ftp(s)), errp);
     if (local_err) {
         snprintf(t->why, sizeof(t->why), "%s", error_get_pretty(local_err));
         error_free(local_err);
@@ -829,6 +836,15 @@ static bool curl_transfer_retryable(CURLcode code, long status, int ret)
 {
     if (code == CURLE_HTTP_RETURNED_ERROR) {
         return status >= 500;
+    }
+    /*
+     * FTP (where @status is the server's last reply): 4yz replies are
+     * transient failures (RFC 959), and a refused REST can be the reply
+     * to an earlier command, read out of turn on a reused connection.
+     * The next try opens a new connection.
+     */
+    if (code == CURLE_FTP_COULDNT_USE_REST || (status >= 400 && status < 500)) {
+        return true;
     }
     return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
 }
@@ -1717,7 +1733,7 @@ static void curl_warm_up(BDRVCURLState *s)
 {
     unsigned n = MAX(1, s->connections - 1);
 
-    if (!s->readahead || g_str_has_prefix(s->url, "ftp")) {
+    if (!s->readahead || curl_is_ftp(s)) {
         return;
     }
     range_cache_read_ahead(&s->cache, 0, n * CURL_WARM_UP_FETCH,

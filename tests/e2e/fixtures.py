@@ -915,7 +915,8 @@ class _PortInUse(Exception):
 class FtpServer:
     """A read-only FTP server (pyftpdlib, see ftpd.py) in a subprocess.
 
-    Anonymous by default, or with @user and @password.  With @tls it
+    Anonymous by default, or with @user and @password.  With @refuse_rest,
+    the first REST to each position is answered with a transient error.  With @tls it
     speaks implicit FTPS with ca_dir/server.pem: the ftps:// of libcurl
     and QEMU.  Data connections use passive mode on free ports.
     """
@@ -923,9 +924,11 @@ class FtpServer:
     def __init__(self, root: Union[str, Path], tls: bool = False,
                  ca_dir: Optional[Union[str, Path]] = None,
                  user: Optional[str] = None,
-                 password: Optional[str] = None) -> None:
+                 password: Optional[str] = None,
+                 refuse_rest: bool = False) -> None:
         self.root = Path(root).resolve()
         self.tls = tls
+        self.refuse_rest = refuse_rest
         self.ca_dir = Path(ca_dir) if ca_dir else (
             get_ca_dir() if tls else None)
         self.user = user
@@ -952,6 +955,8 @@ class FtpServer:
                 '--log', str(self.dir / 'ftpd.log')]
         if self.user is not None:
             args += ['--user', self.user, '--password', self.password or '']
+        if self.refuse_rest:
+            args += ['--refuse-rest']
         if self.tls:
             assert self.ca_dir is not None
             args += ['--tls-cert', str(self.ca_dir / 'server.pem'),

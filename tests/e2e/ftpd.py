@@ -104,6 +104,25 @@ def parse_port_range(text: str) -> List[int]:
     return list(range(first, last + 1))
 
 
+def refusing_rest(base: Type[FTPHandler]) -> Type[FTPHandler]:
+    """A handler that answers the first REST to each position (over all
+    connections) with 450, a transient error in RFC 959."""
+    refused = set()
+
+    class RefusingRestHandler(base):  # type: ignore[misc,valid-type]
+        """Refuses a REST the first time."""
+
+        def ftp_REST(self, line: str) -> None:
+            if line not in refused:
+                refused.add(line)
+                self.respond('450 REST refused for the test.')
+                self.log(f'REST {line} refused for the test.')
+                return
+            super().ftp_REST(line)
+
+    return RefusingRestHandler
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse the options and serve until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -122,6 +141,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--passive-ports', type=parse_port_range,
                         help='LOW-HIGH range for passive data connections '
                              '(default: any free port)')
+    parser.add_argument('--refuse-rest', action='store_true',
+                        help='answer the first REST to each position with '
+                             'a transient 450 error (a fault for the tests)')
     parser.add_argument('--log', help='append the server log to this file')
     parser.add_argument('--verbose', action='store_true',
                         help='log debug messages, too')
@@ -158,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         'permit_foreign_addresses': False,
         'banner': 'qemu-curl e2e ftpd ready.',
     })
+    if args.refuse_rest:
+        handler = refusing_rest(handler)
 
     server = FTPServer((args.bind, args.port), handler)
     server.max_cons = 256

@@ -6,7 +6,9 @@
 # anonymously over FTP, with a user and password over FTP, and over
 # implicit FTPS (TLS from the first byte, which is what ftps:// means to
 # libcurl) with the test CA's certificate and verification on.  Raw and
-# qcow2 images are converted and compared byte for byte.
+# qcow2 images are converted and compared byte for byte.  A server that
+# answers the first REST to each position with a transient 450 error
+# costs retries, not the convert.
 #
 # The ftps:// conversions run with "qemu-img convert -m 1" (one request
 # at a time): with parallel requests the stock driver (libcurl 7.88.1,
@@ -38,6 +40,7 @@ class FtpTest(E2ETestCase):
     ftp: ClassVar[FtpServer]
     ftp_auth: ClassVar[FtpServer]
     ftps: ClassVar[FtpServer]
+    ftp_refusing: ClassVar[FtpServer]
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -49,6 +52,8 @@ class FtpTest(E2ETestCase):
             FtpServer(directory, user=USER, password=PASSWORD))
         cls.ftps = cls.start_server(
             FtpServer(directory, tls=True, ca_dir=cls.ca_dir))
+        cls.ftp_refusing = cls.start_server(
+            FtpServer(directory, refuse_rest=True))
 
     def check_convert(self, url: str, image: TestImage, out_fmt: str,
                       serial: bool = False) -> None:
@@ -77,6 +82,16 @@ class FtpTest(E2ETestCase):
         """ftp://, compressed qcow2 image, to qcow2."""
         image = self.images.qcow2c
         self.check_convert(self.ftp.url(image.name), image, 'qcow2')
+
+    def test_ftp_transient_rest_refusals_retried(self) -> None:
+        """A server refuses the first REST to each position with 450: each
+        fetch is tried again, and the raw image converts byte for byte."""
+        image = self.images.raw
+        self.check_convert(self.ftp_refusing.url(image.name), image, 'raw')
+        assert self.ftp_refusing.dir is not None
+        log = (self.ftp_refusing.dir / 'ftpd.log').read_text()
+        self.assertGreaterEqual(log.count('refused for the test'), 2,
+                                log[-2000:])
 
     def test_ftp_user_password_in_url(self) -> None:
         """ftp://user:password@..., raw image, to raw."""
