@@ -73,6 +73,15 @@ def size_opt(n: int) -> str:
     return str(n)
 
 
+def parse_size(text: str) -> int:
+    """The number of bytes of a size written as QEMU options take it."""
+    match = re.fullmatch(r'(\d+)([kKMG]?)', text.strip())
+    if not match:
+        raise ValueError(f'not a size: {text!r}')
+    unit = {'': 1, 'k': KiB, 'K': KiB, 'M': MiB, 'G': GiB}[match.group(2)]
+    return int(match.group(1)) * unit
+
+
 # ---------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------

@@ -267,13 +267,18 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def run_bench(scenarios: Sequence[str], reps: int,
               contenders: Sequence[str] = CONTENDERS,
               docs: Path = DOCS,
-              interleaved: Sequence[str] = ('S1',)) -> Dict[str, Any]:
+              interleaved: Sequence[str] = ('S1',),
+              tuned: Optional[int] = None) -> Dict[str, Any]:
     """Boot the guest for every scenario, contender and repetition, with
-    the files read by name, and also interleaved in @interleaved."""
+    the files read by name, and also interleaved in @interleaved; the
+    'tuned' contender uses blocksize @tuned, or what the sweep says."""
     ensure_disk('bench')
     guest = gst.Guest.from_build()
     disk = guest.disk('bench')
-    blocksize, source = recommended_blocksize(docs)
+    if tuned:
+        blocksize, source = tuned, 'given with --blocksize'
+    else:
+        blocksize, source = recommended_blocksize(docs)
     logs = bl.work_dir() / 'logs' / 'guest'
     logs.mkdir(parents=True, exist_ok=True)
     www = bl.work_dir() / 'guest-www'
@@ -664,6 +669,9 @@ def main() -> int:
     parser.add_argument('--io-pattern', action='store_true',
                         help='record the guest\'s read pattern into '
                         'docs/bench/guest-io.md instead')
+    parser.add_argument('--blocksize', type=bl.parse_size,
+                        help='the blocksize of the tuned driver (default: '
+                        'what the last sweep recommends)')
     parser.add_argument('--docs', default=str(DOCS),
                         help='where guest.json and results.md are')
     args = parser.parse_args()
@@ -687,7 +695,7 @@ def main() -> int:
         interleaved = [s.strip().upper() for s in
                        args.interleaved.split(',') if s.strip()]
         data = run_bench(scenarios, args.reps, contenders, docs,
-                         interleaved)
+                         interleaved, args.blocksize)
         save(data, docs)
     finally:
         bl.kill_background()

@@ -64,7 +64,7 @@ SEED = 20260417
 BATCH = 64
 BATCHES = 6
 
-DEFAULT_BLOCKSIZE = 2 * MiB
+DEFAULT_BLOCKSIZE = 256 * KiB
 SMALL_CACHE = 'file.blocksize=64k,file.blockcount=4'
 DEFAULT_CONNECTIONS = 16
 #: The readahead of SMALL_CACHE: (blockcount - 1) * blocksize
