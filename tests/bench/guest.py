@@ -105,6 +105,18 @@ def recommended_blocksize(docs: Path) -> Tuple[int, str]:
     return MiB, 'no sweep in results.json: 1M'
 
 
+def serve_disk(path: Path) -> Path:
+    """The directory that nginx serves the guest's disk @path from, as
+    disk.raw."""
+    www = bl.work_dir() / 'guest-www'
+    www.mkdir(parents=True, exist_ok=True)
+    link = www / 'disk.raw'
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(path)
+    return www
+
+
 def ensure_disk(profile: str) -> None:
     """Make the guest's @profile disk (cached: quick if it exists)."""
     res = bl.run_measured([sys.executable, REPO / 'scripts' /
@@ -281,12 +293,7 @@ def run_bench(scenarios: Sequence[str], reps: int,
         blocksize, source = recommended_blocksize(docs)
     logs = bl.work_dir() / 'logs' / 'guest'
     logs.mkdir(parents=True, exist_ok=True)
-    www = bl.work_dir() / 'guest-www'
-    www.mkdir(parents=True, exist_ok=True)
-    link = www / 'disk.raw'
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(disk.path)
+    www = serve_disk(disk.path)
     runs: List[Dict[str, Any]] = []
     started = time.monotonic()
     log(f'guest boots: {disk.file_count} files of {disk.file_bytes / MiB:.0f}'
@@ -546,12 +553,7 @@ def record_io_pattern(docs: Path) -> Dict[str, Any]:
     guest = gst.Guest.from_build()
     disk = guest.disk('bench')
     logs = bl.work_dir() / 'logs' / 'guest-io'
-    www = bl.work_dir() / 'guest-www'
-    www.mkdir(parents=True, exist_ok=True)
-    link = www / 'disk.raw'
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(disk.path)
+    www = serve_disk(disk.path)
     events = trace_file(IO_EVENTS, 'guest-io-events')
     with bl.BenchNginx(www, workers=2) as nginx:
         drive = drive_for(nginx.https_url('disk.raw'), 'new', 0)
