@@ -1304,7 +1304,13 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
                               "blocksize = %" PRIu64 " bytes", room);
     }
 
+    /* (a negative number given over QMP reaches us as a huge one) */
     s->remote_offset = qemu_opt_get_size(opts, CURL_OPT_OFFSET, 0);
+    if (s->remote_offset > INT64_MAX) {
+        return curl_bad_value(opts, CURL_OPT_OFFSET, errp,
+                              "offset must be between 0 and %" PRId64,
+                              INT64_MAX);
+    }
     return true;
 }
 
