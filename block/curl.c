@@ -144,6 +144,8 @@ typedef struct CURLTransfer {
     int64_t start_ns;
     int64_t progress_ns;        /* when the last bytes arrived */
     unsigned attempt;           /* 0 for the first request of the fetch */
+    bool open_ended;            /* asked to the end of the file (FTP) */
+    bool cut;                   /* and stopped at the end of the fetch */
     int ret;                    /* -errno when our own checks failed */
     char why[256];              /* and why */
     char range[48];             /* CURLOPT_RANGE, "FIRST-LAST" */
@@ -722,6 +724,20 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
     if (t->received == 0 && !curl_transfer_check_answer(t)) {
         return 0;
     }
+    if (t->open_ended) {
+        /* Readahead may have made the fetch longer since the last bytes */
+        RangeCacheFetch *f = t->fetch;
+        size_t n = MIN(len, f->end - f->pos);
+
+        t->last = s->remote_offset + f->end - 1;
+        if (n) {
+            range_cache_fetch_write_locked(&s->cache, f, ptr, n);
+            t->received += n;
+            t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+        }
+        t->cut = n < len;
+        return t->cut ? 0 : len;
+    }
     if (!range_cache_fetch_write_locked(&s->cache, t->fetch, ptr, len)) {
         curl_transfer_fail(t, -EPROTO, "the server sent more than the %"
                            PRIu64 " bytes asked for", t->last - t->first + 1);
@@ -787,8 +803,22 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     CURLMcode mcode;
 
     range_cache_fetch_remote_range(&s->cache, t->fetch, &t->first, &t->last);
-    snprintf(t->range, sizeof(t->range), "%" PRIu64 "-%" PRIu64,
-             t->first, t->last);
+    /*
+     * An FTP transfer cannot be told where to end: the server sends the
+     * rest of the file until the data connection closes.  Ask to the end
+     * and cut the transfer where its fetch ends by then: reads and
+     * readahead extend a fetch in flight rather than start one after it
+     * (range_cache_set_fetches_extend()), so that a stream costs one
+     * transfer, and what the server sent in vain once.
+     */
+    t->open_ended = curl_is_ftp(s);
+    t->cut = false;
+    if (t->open_ended) {
+        snprintf(t->range, sizeof(t->range), "%" PRIu64 "-", t->first);
+    } else {
+        snprintf(t->range, sizeof(t->range), "%" PRIu64 "-%" PRIu64,
+                 t->first, t->last);
+    }
     t->received = 0;
     t->ret = 0;
     t->why[0] = '\0';
@@ -859,6 +889,9 @@ static int curl_transfer_result(CURLTransfer *t, CURLcode result,
 {
     if (t->ret < 0) {
         return t->ret;                  /* our checks stopped it */
+    }
+    if (t->cut && result == CURLE_WRITE_ERROR) {
+        result = CURLE_OK;              /* we stopped it where it ends */
     }
     if (result != CURLE_OK) {
         curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
@@ -1729,6 +1762,7 @@ static int curl_init_cache(BDRVCURLState *s, Error **errp)
     }
     range_cache_set_readahead(&s->cache, s->readahead,
                               curl_readahead_fetch_size(s));
+    range_cache_set_fetches_extend(&s->cache, curl_is_ftp(s));
     return 0;
 }
 

@@ -160,6 +160,11 @@ void range_cache_set_readahead(RangeCache *rc, uint64_t bytes,
     memset(rc->streams, 0, sizeof(rc->streams));
 }
 
+void range_cache_set_fetches_extend(RangeCache *rc, bool extend)
+{
+    rc->fetches_extend = extend;
+}
+
 uint64_t range_cache_nb_image_blocks(const RangeCache *rc)
 {
     return DIV_ROUND_UP(rc->length, rc->block_size);
@@ -458,9 +463,41 @@ static void range_cache_fetch_unref_locked(RangeCacheFetch *f)
 }
 
 /*
- * Start fetching the missing granules from @start to @end, in blocks from
- * range_cache_get_block_locked(), as far as there is room.  Returns NULL if
- * there was no room for the first block.
+ * Mark the missing granules from @start to @end pending for a fetch, which
+ * takes a reference to each of their blocks (but to the first one if it
+ * already holds it, @held), as far as there is room.  Returns where it
+ * stopped.
+ */
+static uint64_t range_cache_reserve_locked(RangeCache *rc, uint64_t start,
+                                           uint64_t end, bool readahead,
+                                           bool held)
+{
+    uint64_t pos = start;
+
+    while (pos < end) {
+        uint64_t index = range_cache_block_index(rc, pos);
+        RangeCacheBlock *b = held ? range_cache_lookup_locked(rc, index) :
+                             range_cache_get_block_locked(rc, index,
+                                                          readahead);
+        uint64_t stop;
+        unsigned g;
+
+        if (!b) {
+            break;
+        }
+        held = false;
+        stop = MIN(end, range_cache_block_end(b));
+        g = range_cache_granule_of(b, pos);
+        bitmap_set(b->pending, g, range_cache_granule_of(b, stop - 1) + 1 - g);
+        b->unread |= readahead;
+        pos = stop;
+    }
+    return pos;
+}
+
+/*
+ * Start fetching the missing granules from @start to @end, as far as there
+ * is room.  Returns NULL if there was no room for the first block.
  */
 static RangeCacheFetch *range_cache_new_fetch_locked(RangeCache *rc,
                                                      uint64_t start,
@@ -468,23 +505,9 @@ static RangeCacheFetch *range_cache_new_fetch_locked(RangeCache *rc,
                                                      bool readahead)
 {
     RangeCacheFetch *f;
-    uint64_t pos = start;
+    uint64_t pos = range_cache_reserve_locked(rc, start, end, readahead,
+                                              false);
 
-    while (pos < end) {
-        RangeCacheBlock *b = range_cache_get_block_locked(
-            rc, range_cache_block_index(rc, pos), readahead);
-        uint64_t stop;
-        unsigned g;
-
-        if (!b) {
-            break;
-        }
-        stop = MIN(end, range_cache_block_end(b));
-        g = range_cache_granule_of(b, pos);
-        bitmap_set(b->pending, g, range_cache_granule_of(b, stop - 1) + 1 - g);
-        b->unread |= readahead;
-        pos = stop;
-    }
     if (pos == start) {
         return NULL;
     }
@@ -509,9 +532,51 @@ static RangeCacheFetch *range_cache_new_fetch_locked(RangeCache *rc,
 }
 
 /*
+ * With range_cache_set_fetches_extend(), the fetch in flight that ends at
+ * @pos: what would start there makes it longer instead
+ */
+static RangeCacheFetch *range_cache_fetch_ending_at_locked(RangeCache *rc,
+                                                           uint64_t pos)
+{
+    RangeCacheFetch *f;
+
+    if (!rc->fetches_extend) {
+        return NULL;
+    }
+    QTAILQ_FOREACH(f, &rc->fetches, next) {
+        if (f->end == pos) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Make @f, which ends at @pos, go on to @end (or as far as there is room),
+ * for readahead or for a read.  Returns where it ends now.
+ */
+static uint64_t range_cache_extend_fetch_locked(RangeCache *rc,
+                                                RangeCacheFetch *f,
+                                                uint64_t pos, uint64_t end,
+                                                bool readahead)
+{
+    bool held = range_cache_block_index(rc, pos) ==
+                range_cache_block_index(rc, f->end - 1);
+
+    f->end = range_cache_reserve_locked(rc, pos, end, readahead, held);
+    if (f->end > pos) {
+        rc->stats.extensions++;
+        range_cache_event(rc, readahead ? RANGE_CACHE_READAHEAD :
+                          RANGE_CACHE_MISS, pos, f->end - pos);
+    }
+    return f->end;
+}
+
+/*
  * Start fetches for the granules from @pos to @end that are neither valid
- * nor being fetched, each of @max bytes at most.  Returns where it stopped:
- * before @end if readahead found no room.
+ * nor being fetched, each of @max bytes at most (or extend a fetch in
+ * flight, by any length).  Returns where it stopped: before @end if
+ * readahead found no room.
  */
 static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
                                                  uint64_t end, uint64_t max,
@@ -520,22 +585,28 @@ static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
     pos = QEMU_ALIGN_DOWN(pos, RANGE_CACHE_GRANULE);
     end = range_cache_granule_ceil(rc, end);
     for (;;) {
-        uint64_t stop;
+        uint64_t stop, reached;
         RangeCacheFetch *f;
 
         pos = range_cache_next_missing_locked(rc, pos, end);
         if (pos >= end) {
             return end;
         }
-        stop = range_cache_missing_end_locked(rc, pos, MIN(end, pos + max));
-        f = range_cache_new_fetch_locked(rc, pos, stop, readahead);
-        if (!f) {
-            return pos;
+        f = range_cache_fetch_ending_at_locked(rc, pos);
+        if (f) {
+            stop = range_cache_missing_end_locked(rc, pos, end);
+            reached = range_cache_extend_fetch_locked(rc, f, pos, stop,
+                                                      readahead);
+        } else {
+            stop = range_cache_missing_end_locked(rc, pos,
+                                                  MIN(end, pos + max));
+            f = range_cache_new_fetch_locked(rc, pos, stop, readahead);
+            reached = f ? f->end : pos;
         }
-        pos = f->end;
-        if (pos < stop) {
-            return pos;
+        if (reached < stop) {
+            return reached;
         }
+        pos = reached;
     }
 }
 

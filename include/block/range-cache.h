@@ -82,7 +82,11 @@ typedef QTAILQ_HEAD(, RangeCacheWaiter) RangeCacheWaiterList;
  */
 typedef struct RangeCacheFetch {
     uint64_t start;             /* image offset of the first byte */
-    uint64_t end;               /* image offset after the last byte */
+    /*
+     * Image offset after the last byte; it may move further while the
+     * fetch is in flight (range_cache_set_fetches_extend())
+     */
+    uint64_t end;
     uint64_t pos;               /* image offset of the next byte to arrive */
     bool readahead;             /* started by readahead, not by a read */
     bool done;                  /* range_cache_fetch_done_locked() ran */
@@ -128,6 +132,7 @@ typedef struct RangeCacheStats {
     uint64_t waits;             /* times a read waited for a fetch */
     uint64_t misses;            /* fetches started for reads */
     uint64_t readaheads;        /* fetches started by readahead */
+    uint64_t extensions;        /* times a fetch in flight was made longer */
     uint64_t readahead_unread;  /* blocks readahead filled, dropped unread */
     uint64_t evictions;         /* blocks dropped to make room */
     uint64_t failures;          /* fetches that failed */
@@ -186,6 +191,7 @@ typedef struct RangeCache {
     /* Readahead */
     uint64_t readahead;         /* bytes to fetch ahead of a stream; 0: off */
     uint64_t readahead_fetch;   /* largest fetch readahead starts */
+    bool fetches_extend;        /* fetches in flight are made longer */
     RangeCacheStream streams[RANGE_CACHE_STREAMS];
     unsigned stream_clock;      /* for the least recently used stream */
 
@@ -240,6 +246,20 @@ void range_cache_destroy(RangeCache *rc);
  */
 void range_cache_set_readahead(RangeCache *rc, uint64_t bytes,
                                uint64_t fetch_size);
+
+/**
+ * range_cache_set_fetches_extend:
+ * @rc: the cache
+ * @extend: whether fetches in flight are made longer
+ *
+ * For a transport that cannot say where a transfer ends (an FTP transfer
+ * runs to the end of the file, unless it is cut): a fetch that readahead
+ * or a read would start right where a fetch in flight ends extends that
+ * fetch instead, by any length, so that a stream of reads costs one
+ * transfer.  The fetcher must then stop a fetch only at its end as it is
+ * when the bytes arrive.  Off by default.
+ */
+void range_cache_set_fetches_extend(RangeCache *rc, bool extend);
 
 /**
  * range_cache_read_ahead:

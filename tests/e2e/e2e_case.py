@@ -217,13 +217,16 @@ class E2ETestCase(unittest.TestCase):
     def assertFetchRanges(self, ranges: Sequence[Tuple[int, int]],
                           file_size: int, offset: int = 0,
                           cover: Optional[Tuple[int, int]] = None,
-                          once: bool = False, msg: str = '') -> None:
+                          once: bool = False, msg: str = '',
+                          largest: Optional[int] = LARGEST_FETCH) -> None:
         """Assert that the inclusive (first, last) byte ranges a server
         was asked for are ranges the driver may ask for.
 
         Each starts @offset plus a multiple of GRANULE into the remote file
         of @file_size bytes, ends one byte before such a multiple or at the
-        end of the file, and is at most LARGEST_FETCH long.  With @cover
+        end of the file, and is at most @largest long (None: any length,
+        as over FTP, where readahead has no reason to split its
+        transfers).  With @cover
         (start, end), counted from @offset, the ranges together hold every
         byte from start to end; with @once, no byte was asked for twice.
         """
@@ -233,10 +236,10 @@ class E2ETestCase(unittest.TestCase):
                if first < offset or (first - offset) % GRANULE or
                last >= file_size or last < first or
                ((last + 1 - offset) % GRANULE and last != file_size - 1) or
-               last + 1 - first > LARGEST_FETCH]
+               (largest is not None and last + 1 - first > largest)]
         self.assertEqual(bad, [], f'{prefix}ranges of a {file_size}-byte '
                          f'file that are not whole {GRANULE}-byte granules '
-                         f'from {offset}, or longer than {LARGEST_FETCH}')
+                         f'from {offset}, or longer than {largest}')
         if once:
             self.assertEqual(overlapping_ranges(ranges), [],
                              f'{prefix}bytes asked for twice')

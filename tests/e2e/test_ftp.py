@@ -90,7 +90,8 @@ class FtpTest(E2ETestCase):
         self.check_convert(self.ftp_refusing.url(image.name), image, 'raw')
         assert self.ftp_refusing.dir is not None
         log = (self.ftp_refusing.dir / 'ftpd.log').read_text()
-        self.assertGreaterEqual(log.count('refused for the test'), 2,
+        # (the whole convert may take one transfer, refused once)
+        self.assertGreaterEqual(log.count('refused for the test'), 1,
                                 log[-2000:])
 
     def test_ftp_user_password_in_url(self) -> None:

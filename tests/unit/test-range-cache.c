@@ -579,6 +579,52 @@ static void test_readahead_sequential(void)
     test_cache_free(tc);
 }
 
+/*
+ * For a transport that cannot end a transfer where it likes, readahead and
+ * reads make the fetch in flight longer instead of starting another
+ */
+static void test_fetches_extend(void)
+{
+    TestCache *tc = test_cache_new_bs(4 * MiB, 0, 16 * KiB, 128);
+    RangeCacheFetch *f;
+    TestRead *r;
+
+    range_cache_set_readahead(&tc->rc, 1 * MiB, 1 * MiB);
+    range_cache_set_fetches_extend(&tc->rc, true);
+    test_read_sync(tc, 0, 4 * KiB);
+    r = test_read_start(tc, 4 * KiB, 4 * KiB);
+    /* Readahead goes on from the fetch of the read's own bytes */
+    assert_events(tc, "m0:4096 w0:4096 m4096:4096 r8192:262144 w4096:4096");
+    f = test_nth(tc, 0);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
+    g_assert_cmpuint(f->end, ==, 264 * KiB);
+    test_write(tc, f, 4 * KiB);
+    test_read_end(r);
+
+    /* The stream's next read doubles the window: the same fetch goes on */
+    r = test_read_start(tc, 8 * KiB, 4 * KiB);
+    assert_events(tc, "r270336:266240 w8192:4096");
+    g_assert_true(test_nth(tc, 0) == f);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
+    g_assert_cmpuint(f->end, ==, 524 * KiB);
+    test_write(tc, f, 8 * KiB);
+    test_read_end(r);
+
+    /* A read elsewhere that misses right where it ends, too */
+    r = test_read_start(tc, 524 * KiB, 100);
+    assert_events(tc, "m536576:4096 w16384:524288");
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
+
+    /* Its end is where it stops: it brings every byte once */
+    test_complete_one(tc, 0);
+    test_read_end(r);
+    g_assert_cmpuint(tc->fetches, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.readaheads, ==, 0);
+    g_assert_cmpuint(tc->rc.stats.extensions, ==, 3);
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, 528 * KiB);
+    test_cache_free(tc);
+}
+
 /* Random reads fetch nothing ahead */
 static void test_readahead_random(void)
 {
@@ -936,6 +982,7 @@ int main(int argc, char **argv)
                     test_lru_streamed_first);
     g_test_add_func("/range-cache/readahead-sequential",
                     test_readahead_sequential);
+    g_test_add_func("/range-cache/fetches-extend", test_fetches_extend);
     g_test_add_func("/range-cache/readahead-random", test_readahead_random);
     g_test_add_func("/range-cache/readahead-two-streams",
                     test_readahead_two_streams);
