@@ -30,6 +30,12 @@ import fixtures  # noqa: E402
 
 MiB = 1024 * 1024
 SAMPLE_SEED = 2026
+SCHEMES = ('http', 'https', 'ftp', 'ftps')
+
+
+class Failure(Exception):
+    """What stops the job, said in one line (the tools it ran have printed
+    their own error already)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,9 +90,14 @@ def sample_image(build: Path, size: int) -> fixtures.TestImage:
 def image_spec(url: str, fmt: str, opts: str) -> str:
     """A json: filename with the protocol node's options."""
     scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise Failure(f'the URL must start with http://, https://, ftp:// '
+                      f'or ftps://, not {url!r}')
     file_opts = {'driver': scheme, 'url': url}
     for item in filter(None, opts.split(',')):
-        key, _, value = item.partition('=')
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise Failure(f'OPTS must be KEY=VALUE,..., not {item!r}')
         file_opts[key.strip()] = value.strip()
     spec = {'file': file_opts}
     if fmt:
@@ -97,7 +108,10 @@ def image_spec(url: str, fmt: str, opts: str) -> str:
 def remote_size(qemu_img: Path, spec: str) -> int:
     """The size of the remote file, as the driver sees it."""
     info = subprocess.run([str(qemu_img), 'info', '--output=json', spec],
-                          stdout=subprocess.PIPE, text=True, check=True)
+                          stdout=subprocess.PIPE, text=True, check=False)
+    if info.returncode != 0:
+        raise Failure(f'qemu-img info could not open the image (exit code '
+                      f'{info.returncode})')
     data = json.loads(info.stdout)
     child = data.get('children', [{}])[0].get('info', {})
     return int(child.get('virtual-size', data['virtual-size']))
@@ -119,7 +133,15 @@ def raw_sha256(qemu_img: Path, path: Path, fmt: str) -> str:
 
 
 def main() -> int:
-    args = parse_args()
+    try:
+        return convert(parse_args())
+    except (Failure, fixtures.MissingPrerequisite) as err:
+        print(f'convert: error: {err}', file=sys.stderr)
+        return 1
+
+
+def convert(args: argparse.Namespace) -> int:
+    """The job; raises Failure when it cannot go on."""
     bins = fixtures.Binaries.from_env(stock=args.stock).require()
     build = fixtures.build_dir()
     workdir = build / 'convert'
@@ -161,8 +183,10 @@ def main() -> int:
             ref_path = workdir / 'reference'
             print('downloading the file once more with curl, to check the '
                   'output ...', flush=True)
-            subprocess.run(['curl', '-sSfL', '-o', str(ref_path), url],
-                           check=True)
+            if subprocess.run(['curl', '-sSfL', '-o', str(ref_path), url],
+                              check=False).returncode != 0:
+                raise Failure('curl could not download the file to check '
+                              'the output (--no-verify skips that)')
             fmt = args.fmt or json.loads(subprocess.run(
                 [str(bins.qemu_img), 'info', '--output=json', str(ref_path)],
                 stdout=subprocess.PIPE, text=True,
