@@ -5,7 +5,9 @@
 # What the stock driver does when the server or the network says no,
 # asserting only what any correct driver must do as well: a non-zero
 # exit (no crash, no hang: every command has a timeout) and an error
-# message that mentions the URL or the server's answer.  Covered: a 404
+# message that names the cause: the server's status, the certificate,
+# the missing byte ranges, the refused connection (in the words of
+# either driver; never just the URL, which every error repeats).  Covered: a 404
 # from nginx, a certificate the client does not trust (and that
 # sslverify=off accepts it), a server without byte-range support, an
 # HTTP 500 and a port nobody listens on.
@@ -48,7 +50,7 @@ class ErrorTest(E2ETestCase):
         url = self.nginx.https_url('no-such-image.raw')
         result = self.qemu_img('info', url, timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, url, '404')
+        self.assertOutputMentions(result, 'HTTP 404', 'returned error: 404')
         log = self.nginx.wait_for_requests(1)
         self.assertIn(404, [entry['status'] for entry in log])
 
@@ -59,7 +61,7 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('convert', '-f', 'qcow2', '-O', 'raw', url,
                                out, timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, url, '404')
+        self.assertOutputMentions(result, 'HTTP 404', 'returned error: 404')
 
     def test_untrusted_certificate_refused(self) -> None:
         """sslverify (the default) refuses a self-signed certificate."""
@@ -67,7 +69,7 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('info', '-f', 'raw', url,
                                timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, 'certificate')
+        self.assertOutputMentions(result, 'SSL certificate problem')
 
     def test_untrusted_certificate_sslverify_on_refused(self) -> None:
         """Explicit sslverify=on refuses it, too."""
@@ -76,7 +78,7 @@ class ErrorTest(E2ETestCase):
             'info', '--image-opts', f'driver=raw,file.driver=https,'
             f'file.url={url},file.sslverify=on', timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, 'certificate')
+        self.assertOutputMentions(result, 'SSL certificate problem')
 
     def test_untrusted_certificate_sslverify_off_accepted(self) -> None:
         """sslverify=off accepts the certificate; the data is right."""
@@ -98,7 +100,8 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('info', '-f', 'raw', url,
                                timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, 'range')
+        self.assertOutputMentions(result, 'does not support byte ranges',
+                                  "does not support 'range'")
         stats = self.range_server.stats()
         self.assertGreaterEqual(stats['requests'], 1)
         self.assertTrue(all(entry['fault'] for entry in stats['log']),
@@ -113,7 +116,8 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('convert', '-f', 'qcow2', '-O', 'raw', url,
                                out, timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, 'range')
+        self.assertOutputMentions(result, 'does not support byte ranges',
+                                  "does not support 'range'")
 
     def test_http_500_at_open(self) -> None:
         """The server answers 500 Internal Server Error."""
@@ -122,7 +126,7 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('info', '-f', 'raw', url,
                                timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, url, '500')
+        self.assertOutputMentions(result, 'HTTP 500', 'returned error: 500')
 
     def test_connection_refused(self) -> None:
         """Nobody listens on the port."""
@@ -132,7 +136,7 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('info', '-f', 'raw', url,
                                timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, url, 'connect')
+        self.assertOutputMentions(result, "Couldn't connect to server")
 
     def test_connection_refused_https(self) -> None:
         """Nobody listens on the port, over https with qemu-io."""
@@ -141,7 +145,7 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_io('-r', '-f', 'raw', '-c', 'read 0 512', url,
                               timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, url, 'connect')
+        self.assertOutputMentions(result, "Couldn't connect to server")
 
 
 if __name__ == '__main__':
