@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import unittest
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
@@ -326,8 +325,7 @@ class DriverQemuTest(E2ETestCase):
         # (no readahead: nothing is fetched before the read)
         qsd, uri = self.start_stalling_export(timeout=60, readahead=0)
         self.range_server.set_faults([{'action': 'stall',
-                                       'seconds': STALL_SECONDS}])
-        start = time.monotonic()
+                                       'seconds': 3 * STALL_SECONDS}])
         with subprocess.Popen([self.bins.qemu_io, '-r', '-f', 'raw', '-c',
                                'read 0 64k', uri],
                               stdout=subprocess.PIPE,
@@ -337,24 +335,23 @@ class DriverQemuTest(E2ETestCase):
                 fixtures.wait_for(self.stalled_gets, 10,
                                   'a stalled GET')
                 qsd.cmd('block-export-del', id='exp0', mode='hard')
-                self.assertLess(time.monotonic() - start, 3)
-                out, _ = reader.communicate(timeout=5)
+                out, _ = reader.communicate(timeout=2 * STALL_SECONDS)
             finally:
                 if reader.poll() is None:
                     reader.kill()
                     reader.wait()
-        # The client was cut off at once, with an error
+        # The client was cut off with an error, before the stall ended
         output = out.decode(errors='replace')
         self.assertNotEqual(reader.returncode, 0, output)
         self.assertIn('read failed', output)
-        self.assertLess(time.monotonic() - start, STALL_SECONDS - 1,
+        self.assertTrue(self.stalled_gets(),
                         'the NBD client waited for the stalled transfer')
         # The daemon answers while the transfer still stalls
         self.assertEqual(self.node_names(qsd), ['fmt0', 'proto0'])
         self.assertTrue(self.stalled_gets(), 'the stall is over already')
-        self.assertLess(time.monotonic() - start, STALL_SECONDS - 1)
         # The export goes once the transfer has ended
-        qsd.event_wait('BLOCK_EXPORT_DELETED', timeout=STALL_SECONDS + 30,
+        qsd.event_wait('BLOCK_EXPORT_DELETED',
+                       timeout=3 * STALL_SECONDS + 30,
                        match={'id': 'exp0'})
         self.assertEqual(qsd.cmd('query-block-exports'), [])
         qsd.cmd('blockdev-del', node_name='fmt0')
@@ -402,14 +399,12 @@ class DriverQemuTest(E2ETestCase):
         done, so it does not wait for them."""
         qsd, _, stalled = self.start_stalled_readahead(
             seconds=4 * STALL_SECONDS)
-        start = time.monotonic()
         qsd.cmd('block-export-del', id='exp0', mode='hard')
         qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
         qsd.cmd('blockdev-del', node_name='fmt0')
         qsd.cmd('blockdev-del', node_name='proto0')
         self.assertEqual(self.node_names(qsd), [])
-        self.assertLess(time.monotonic() - start, 3,
-                        'teardown waited for the stalled readahead')
+        # (what still stalls was not waited for)
         still = {fixtures.parse_byte_range(e['range'])
                  for e in self.stalled_gets()}
         self.assertLessEqual(set(stalled), still,
