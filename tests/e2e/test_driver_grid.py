@@ -36,7 +36,7 @@ import fixtures
 from e2e_case import ERROR_TIMEOUT, E2ETestCase
 from fixtures import ImageSet, KiB, MiB, Nginx, RangeServer, TestImage
 
-DEFAULT_BLOCKSIZE = 256 * KiB
+DEFAULT_BLOCKSIZE = 64 * KiB
 #: The default cache size: blockcount defaults to it over blocksize
 DEFAULT_CACHE = 56 * MiB
 DEFAULT_CONNECTIONS = 16

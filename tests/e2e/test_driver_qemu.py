@@ -256,8 +256,8 @@ class DriverQemuTest(E2ETestCase):
              'not 65'),
             ({'connections': 0}, 'connections must be between 1 and 64, '
              'not 0'),
-            ({'blockcount': 0}, 'blockcount must be between 1 and 4096 with '
-             'a blocksize of 262144 (the cache may take at most 1 GiB), '
+            ({'blockcount': 0}, 'blockcount must be between 1 and 16384 with '
+             'a blocksize of 65536 (the cache may take at most 1 GiB), '
              'not 0'),
             ({'blocksize': MiB, 'blockcount': 1025}, 'blockcount must be '
              'between 1 and 1024 with a blocksize of 1048576 (the cache '

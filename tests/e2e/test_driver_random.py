@@ -64,7 +64,7 @@ SEED = 20260417
 BATCH = 64
 BATCHES = 6
 
-DEFAULT_BLOCKSIZE = 256 * KiB
+DEFAULT_BLOCKSIZE = 64 * KiB
 SMALL_CACHE = 'file.blocksize=64k,file.blockcount=4'
 DEFAULT_CONNECTIONS = 16
 #: The readahead of SMALL_CACHE: (blockcount - 1) * blocksize
