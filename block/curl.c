@@ -725,7 +725,7 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
         return 0;
     }
     if (t->open_ended) {
-        /* Readahead may have made the fetch longer since the last bytes */
+        /* A read or readahead may have made the fetch longer since */
         RangeCacheFetch *f = t->fetch;
         size_t n = MIN(len, f->end - f->pos);
 
@@ -789,12 +789,13 @@ static void curl_transfer_unbind_locked(CURLTransfer *t)
     t->redirected = NULL;
 }
 
-/* Ask for what t->fetch still needs; 0, or -errno and why in t->why */
+/* ftp:// or ftps:// */
 static bool curl_is_ftp(BDRVCURLState *s)
 {
     return g_str_has_prefix(s->url, "ftp");
 }
 
+/* Ask for what t->fetch still needs; 0, or -errno and why in t->why */
 static int curl_transfer_submit_locked(CURLTransfer *t)
 {
     BDRVCURLState *s = t->s;
