@@ -17,9 +17,9 @@ from typing import (Any, ClassVar, Iterable, List, Optional, Sequence,
                     Tuple, TypeVar, Union)
 
 import fixtures
-from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult, KiB, MiB,
-                      MissingPrerequisite, PatternRegion, QemuSystem,
-                      RangeServer, TestImage)
+from fixtures import (COMMAND_TIMEOUT, Binaries, CmdResult, ImageSet, KiB,
+                      MiB, MissingPrerequisite, Nginx, PatternRegion,
+                      QemuSystem, RangeServer, TestImage)
 
 #: Timeout for commands that are expected to fail quickly
 ERROR_TIMEOUT = 90.0
@@ -279,6 +279,20 @@ class E2ETestCase(unittest.TestCase):
                                     f'{control.length} bytes'], output)
         for bad in ('read failed', 'Input/output error'):
             self.assertNotIn(bad, output)
+
+
+class NginxImagesCase(E2ETestCase):
+    """A test class with the shared test images (``images``) served by one
+    nginx over HTTP and HTTPS (``nginx``) for the whole class."""
+
+    images: ClassVar[ImageSet]
+    nginx: ClassVar[Nginx]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.images = fixtures.shared_images()
+        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
 
 
 def first_line_with(text: str, needle: str) -> Optional[str]:

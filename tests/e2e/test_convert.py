@@ -16,26 +16,22 @@ import unittest
 from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 import fixtures
-from e2e_case import E2ETestCase
-from fixtures import ImageSet, Nginx, RangeServer, TestImage
+from e2e_case import NginxImagesCase
+from fixtures import Nginx, RangeServer, TestImage
 
 SOURCES = ('nginx_http', 'nginx_https', 'rangeserver_http')
 IMAGES = ('raw', 'qcow2', 'qcow2c')
 OUTPUTS = ('raw', 'qcow2')
 
 
-class ConvertTest(E2ETestCase):
+class ConvertTest(NginxImagesCase):
     """qemu-img convert -O raw|qcow2 of remote images."""
 
-    images: ClassVar[ImageSet]
-    nginx: ClassVar[Nginx]
     range_server: ClassVar[RangeServer]
 
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        cls.images = fixtures.shared_images()
-        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
         cls.range_server = cls.start_range_server(cls.images.directory)
 
     def url(self, source: str, image: TestImage) -> str:

@@ -33,8 +33,8 @@ import unittest
 from typing import Any, Callable, ClassVar, Dict, List, Tuple
 
 import fixtures
-from e2e_case import ERROR_TIMEOUT, E2ETestCase
-from fixtures import ImageSet, KiB, MiB, Nginx, RangeServer, TestImage
+from e2e_case import ERROR_TIMEOUT, NginxImagesCase
+from fixtures import KiB, MiB, RangeServer, TestImage
 
 DEFAULT_BLOCKSIZE = 64 * KiB
 #: The default cache size: blockcount defaults to it over blocksize
@@ -77,18 +77,14 @@ def size_text(value: int) -> str:
     return str(value)
 
 
-class DriverGridTest(E2ETestCase):
+class DriverGridTest(NginxImagesCase):
     """qemu-img convert with blocksize/blockcount/connections/readahead."""
 
-    images: ClassVar[ImageSet]
-    nginx: ClassVar[Nginx]
     range_server: ClassVar[RangeServer]
 
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        cls.images = fixtures.shared_images()
-        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
         cls.range_server = cls.start_range_server(cls.images.directory)
 
     def setUp(self) -> None:

@@ -13,24 +13,14 @@ from __future__ import annotations
 import json
 import re
 import unittest
-from typing import Any, ClassVar, Dict
+from typing import Any, Dict
 
-import fixtures
-from e2e_case import E2ETestCase
-from fixtures import ImageSet, Nginx, TestImage
+from e2e_case import NginxImagesCase
+from fixtures import TestImage
 
 
-class InfoTest(E2ETestCase):
+class InfoTest(NginxImagesCase):
     """qemu-img info [--output=json] https://..."""
-
-    images: ClassVar[ImageSet]
-    nginx: ClassVar[Nginx]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.images = fixtures.shared_images()
-        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
 
     def info_json(self, image: TestImage,
                   probe: bool = False) -> Dict[str, Any]:

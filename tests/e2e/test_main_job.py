@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import socket
 import unittest
-from typing import ClassVar
 
 import fixtures
-from e2e_case import ERROR_TIMEOUT, E2ETestCase
-from fixtures import CmdResult, ImageSet, Nginx
+from e2e_case import ERROR_TIMEOUT, NginxImagesCase
+from fixtures import CmdResult
 
 CONVERT = fixtures.E2E_DIR.parent.parent / 'scripts' / 'convert.sh'
 
@@ -29,17 +28,8 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class MainJobTest(E2ETestCase):
+class MainJobTest(NginxImagesCase):
     """scripts/convert.sh --url ... with what a user may get wrong."""
-
-    images: ClassVar[ImageSet]
-    nginx: ClassVar[Nginx]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.images = fixtures.shared_images()
-        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
 
     def convert(self, *args: str) -> CmdResult:
         """Run the main job with @args, its output under self.tmp."""

@@ -13,24 +13,15 @@
 from __future__ import annotations
 
 import unittest
-from typing import ClassVar, List
+from typing import List
 
 import fixtures
-from e2e_case import E2ETestCase
-from fixtures import ImageSet, Nginx, StorageDaemon, TestImage
+from e2e_case import NginxImagesCase
+from fixtures import StorageDaemon, TestImage
 
 
-class StorageDaemonTest(E2ETestCase):
+class StorageDaemonTest(NginxImagesCase):
     """blockdev-add driver=https + block-export-add type=nbd."""
-
-    images: ClassVar[ImageSet]
-    nginx: ClassVar[Nginx]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.images = fixtures.shared_images()
-        cls.nginx = cls.start_server(Nginx(cls.images.directory, cls.ca_dir))
 
     @staticmethod
     def node_names(qsd: StorageDaemon) -> List[str]:
