@@ -32,8 +32,11 @@
 #   connections=16 more than 4; both fetch every byte once.
 # * ftp:// convert of raw and qcow2 images with blocksize=64k and
 #   connections=4, byte for byte: the server logs one RETR for each
-#   ranged fetch that the driver traced, and those fetches have the same
-#   shape as over HTTP, cover a raw image and ask for no byte twice.
+#   transfer that the driver traced, and what those got has the granule
+#   shape of HTTP fetches (of any length), covers a raw image and asks
+#   for no byte twice; a raw image is one transfer that the server sends
+#   exactly once, a qcow2 a few, each cut one costing at most what the
+#   socket buffers hold.
 """Requests and bytes on the wire: convert, granule reads, warm-up,
 readahead, connections, FTP."""
 
@@ -68,6 +71,15 @@ DEFAULT_READAHEAD = 32 * MiB
 RANDOM_READ_DISTANCE = 300 * KiB
 
 Ranges = List[Tuple[int, int]]
+
+
+def socket_buffers_max() -> int:
+    """The most a TCP connection's send and receive buffers may hold."""
+    total = 0
+    for name in ('tcp_wmem', 'tcp_rmem'):
+        with open(f'/proc/sys/net/ipv4/{name}', encoding='ascii') as f:
+            total += int(f.read().split()[2])
+    return total
 
 
 def warm_up_ranges(size: int,
@@ -429,8 +441,9 @@ class DriverTrafficTest(E2ETestCase):
         well-formed fetches that cover a raw image and ask for no byte
         twice (the default cache holds the whole file).  Readahead asks
         to the end of the file and cuts its transfer where its fetch
-        ends, which it extends as the stream goes on: the server sends
-        at most 1.1 times the file.
+        ends, which reads and readahead extend as the stream goes on: a
+        raw image is one transfer and the server sends it exactly once;
+        a cut transfer costs at most what socket buffers hold.
         """
         ftp = FtpServer(self.images.directory)
         ftp.start()
@@ -493,7 +506,17 @@ class DriverTrafficTest(E2ETestCase):
         print(f'\ntraffic: ftp {image.name} (S = {size} bytes), '
               f'blocksize=64k: {len(found)} RETR for {asked} bytes, the '
               f'server sent {sent} bytes = {sent / size:.2f} S', flush=True)
-        self.assertLessEqual(sent, 1.1 * size, f'{len(found)} RETRs')
+        # Each transfer cut before the end of the file costs what the
+        # socket buffers held when it was cut (on loopback, under load, up
+        # to 20% of this qcow2); one that reaches the end costs nothing.
+        # Reads that go on where a transfer ends extend it: a raw image
+        # is one transfer, a qcow2 a few (its metadata, then the data).
+        cut = [r for r in submitted if r[1] != size - 1]
+        self.assertLessEqual(len(found), 1 if image.fmt == 'raw' else 8)
+        self.assertLessEqual(sent, asked + len(cut) * socket_buffers_max(),
+                             f'{len(cut)} transfers cut')
+        if not cut:
+            self.assertEqual(sent, asked)
 
     def test_ftp_convert_raw(self) -> None:
         """ftp:// raw image, blocksize=64k, connections=4."""
