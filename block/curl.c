@@ -867,7 +867,8 @@ static void curl_report_failure_locked(BDRVCURLState *s, CURLTransfer *t,
 }
 
 /* Whether asking again may help */
-static bool curl_transfer_retryable(CURLcode code, long status, int ret)
+static bool curl_transfer_retryable(bool ftp, CURLcode code, long status,
+                                    int ret)
 {
     if (code == CURLE_HTTP_RETURNED_ERROR) {
         return status >= 500;
@@ -878,7 +879,8 @@ static bool curl_transfer_retryable(CURLcode code, long status, int ret)
      * to an earlier command, read out of turn on a reused connection.
      * The next try opens a new connection.
      */
-    if (code == CURLE_FTP_COULDNT_USE_REST || (status >= 400 && status < 500)) {
+    if (ftp && (code == CURLE_FTP_COULDNT_USE_REST ||
+                (status >= 400 && status < 500))) {
         return true;
     }
     return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
@@ -940,7 +942,7 @@ static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
         return curl_transfer_fall_back_locked(t, status);
     }
     if (t->attempt >= CURL_MAX_RETRIES ||
-        !curl_transfer_retryable(result, status, ret)) {
+        !curl_transfer_retryable(curl_is_ftp(s), result, status, ret)) {
         return false;
     }
     t->attempt++;
