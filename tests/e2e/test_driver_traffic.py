@@ -163,26 +163,36 @@ class DriverTrafficTest(E2ETestCase):
                          f'{" and " + str(list(also)) if also else ""}')
 
     def qemu_io_reads(self, name: str, options: str,
-                      reads: List[Tuple[int, int]],
-                      linger_ms: int = 0) -> None:
+                      reads: List[Tuple[int, int]]) -> Ranges:
         """qemu-io read OFFSET LENGTH for each of @reads, in one process,
         over http with the file @options.
 
-        With @linger_ms, qemu-io then waits that long (running its event
-        loop) before it closes the image, so that readahead started by
-        the last reads reaches the server.
+        Returns the readahead that the reads made the driver decide on
+        (its trace: curl_cache_event "readahead" after the first
+        curl_co_preadv, so not the warm-up at open), as (first, last)
+        byte ranges.  A read traces the readahead it starts before it
+        completes, so the list is whole when qemu-io has exited, however
+        little of that readahead reached the server before qemu-io
+        closed the image.
         """
-        args: List[str] = ['-r']
+        trace = self.tmp / 'trace.log'
+        args: List[str] = ['--trace', f'enable=curl_c*,file={trace}', '-r']
         for offset, length in reads:
             args += ['-c', f'read -q {offset} {length}']
-        if linger_ms:
-            args += ['-c', f'sleep {linger_ms}']
         result = self.qemu_io(*args, '--image-opts',
                               f'driver=raw,file.driver=http,'
                               f'file.url={self.nginx.http_url(name)}'
                               f'{"," + options if options else ""}')
         self.assertSucceeded(result)
         self.assertNoPatternFailure(result.output)
+        traced = trace.read_text(encoding='utf-8', errors='replace')
+        first_read = traced.find('curl_co_preadv ')
+        self.assertGreaterEqual(first_read, 0, 'no read was traced')
+        return [(int(m.group(1), 16),
+                 int(m.group(1), 16) + int(m.group(2), 16) - 1)
+                for m in re.finditer(r'curl_cache_event .*? readahead offset '
+                                     r'0x([0-9a-f]+) bytes 0x([0-9a-f]+)',
+                                     traced[first_read:])]
 
     # -- sequential convert: new and stock
 
@@ -303,21 +313,22 @@ class DriverTrafficTest(E2ETestCase):
     # -- readahead
 
     def check_sequential_reads(self, options: str, readahead: int) -> None:
-        """64 sequential reads of 16 KiB (the first MiB), then a pause
-        of a second for readahead to reach the server: every byte read
-        and what follows them is fetched, in one run from 0 that ends
+        """64 sequential reads of 16 KiB (the first MiB): every byte read
+        is fetched, no byte twice, and with the readahead the driver
+        decided on (from its trace), they make one run from 0 that ends
         at least half @readahead and at most @readahead past the last
         byte read (the window doubles up to @readahead, and is topped up
-        when half of it is missing), no byte twice."""
+        when half of it is missing)."""
         image = self.images.raw
         read_end = 64 * 16 * KiB
-        self.qemu_io_reads(image.name, options,
-                           [(i * 16 * KiB, 16 * KiB) for i in range(64)],
-                           linger_ms=1000)
+        decided = self.qemu_io_reads(
+            image.name, options,
+            [(i * 16 * KiB, 16 * KiB) for i in range(64)])
         ranges = self.nginx_ranges(image.name)
         self.assertFetchRanges(ranges, image.size, cover=(0, read_end),
                                once=True)
-        merged = merge_ranges(ranges)
+        self.assertTrue(decided, 'no readahead')
+        merged = merge_ranges(ranges + decided)
         self.assertEqual(len(merged), 1, f'not one run from 0: {merged}')
         ahead = merged[0][1] + 1 - read_end
         self.assertGreater(ahead, 0, 'nothing was fetched ahead')
@@ -339,8 +350,9 @@ class DriverTrafficTest(E2ETestCase):
                            seed: int) -> None:
         """40 reads of 4 KiB at random places of @name, each farther than
         RANDOM_READ_DISTANCE from every earlier one (so that none
-        continues a stream): nothing is fetched ahead, so the GETs are
-        exactly the warm-up and the granules read, no byte twice."""
+        continues a stream): the driver decides on no readahead (its
+        trace), and the GETs are exactly the warm-up and the granules
+        read, no byte twice."""
         rng = random.Random(seed)
         reads: List[Tuple[int, int]] = []
         while len(reads) < 40:
@@ -349,7 +361,8 @@ class DriverTrafficTest(E2ETestCase):
                    for other, _ in reads):
                 continue
             reads.append((offset, 4 * KiB))
-        self.qemu_io_reads(name, options, reads, linger_ms=1000)
+        self.assertEqual(self.qemu_io_reads(name, options, reads), [],
+                         'readahead of random reads')
         ranges = self.nginx_ranges(name)
         self.assertGranulesOfReads(ranges, reads, size,
                                    also=warm_up_ranges(size))
@@ -375,8 +388,7 @@ class DriverTrafficTest(E2ETestCase):
         image = self.images.raw
         reads = [(rng.randrange(image.size // GRANULE) * GRANULE, 4 * KiB)
                  for _ in range(40)]
-        self.qemu_io_reads(image.name, 'file.blocksize=64k', reads,
-                           linger_ms=1000)
+        self.qemu_io_reads(image.name, 'file.blocksize=64k', reads)
         ranges = self.nginx_ranges(image.name)
         self.assertFetchRanges(ranges, image.size, once=True)
         held = merge_ranges(ranges)
