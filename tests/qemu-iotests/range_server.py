@@ -30,6 +30,8 @@ import argparse
 import contextlib
 import dataclasses
 import email.utils
+import fcntl
+import gzip
 import http.client
 import http.server
 import itertools
@@ -40,9 +42,11 @@ import shutil
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import urllib.parse
@@ -53,13 +57,23 @@ CONTROL_PREFIX = '/_control/'
 CHUNK_SIZE = 64 * 1024
 LENGTH_MISMATCH_EXTRA = 4096
 
+LONG_EXTRA = 4096
+TRICKLE_INTERVAL = 0.01
+# How long a 'reset' waits for the client to acknowledge what was sent
+RESET_ACK_TIMEOUT = 5.0
+
 # Actions whose effect is on a response body: unless a rule names a
 # method, they apply to GET only, so that a HEAD does not use them up.
-BODY_ACTIONS = ('short', 'stall', 'wrong-range')
+BODY_ACTIONS = ('short', 'stall', 'wrong-range', 'reset', 'trickle', 'long',
+                'gzip')
+
+# Actions after which the rules that follow decide how to answer
+PASS_ON_ACTIONS = ('delay', 'no-etag')
 
 ACTIONS = ('status', 'no-head', 'ignore-range', 'ignore-if-range',
            'no-accept-ranges', 'wrong-range', 'short', 'close', 'stall',
-           'delay', 'redirect', 'length-mismatch')
+           'delay', 'redirect', 'length-mismatch', 'reset', 'trickle',
+           'long', 'gzip', 'no-etag')
 
 _RANGE_RE = re.compile(r'bytes\s*=\s*(\d*)\s*-\s*(\d*)', re.IGNORECASE)
 
@@ -107,6 +121,16 @@ def range_first(value: Optional[str]) -> int:
     return int(match.group(1)) if match and match.group(1) else 0
 
 
+def range_end(value: Optional[str]) -> Optional[int]:
+    """The last byte a Range header value asks for, as far as "per-range"
+    fault rules are concerned: None (the end of the file) without a
+    header, or for one that does not end with a byte position."""
+    match = _RANGE_RE.fullmatch((value or '').strip())
+    if match and match.group(1) and match.group(2):
+        return int(match.group(2))
+    return None
+
+
 def _json_int(obj: Dict[str, Any], key: str, default: Optional[int],
               minimum: Optional[int] = None) -> Optional[int]:
     """Fetch an optional integer member of a JSON fault rule."""
@@ -121,6 +145,15 @@ def _json_int(obj: Dict[str, Any], key: str, default: Optional[int],
 
 
 @dataclasses.dataclass
+class RuleCount:
+    """What a "per-range" fault rule still has to do for one range."""
+
+    skip: int
+    times: Optional[int]
+    seen: int = 0
+
+
+@dataclasses.dataclass
 class FaultRule:  # pylint: disable=too-many-instance-attributes
     """One fault injection rule, as set through POST /_control/faults.
 
@@ -129,16 +162,28 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     action     what to do, see below (required)
     path       apply only to this URL path (exact match after decoding)
     method     apply only to "GET" or "HEAD".  By default both, except
-               that no-head applies to HEAD only, and short, stall and
-               wrong-range to GET only
+               that no-head applies to HEAD only, and the actions on a
+               body (short, stall, wrong-range, reset, trickle, long and
+               gzip) to GET only
     from       apply only to requests whose Range starts at or past this
                byte (a request without one starts at byte 0)
     skip       first let this many matching requests through (default 0)
-    times      then apply to this many requests (default: no limit)
+    every      then apply to one matching request in this many, the last
+               one of each run (default 1: to every one), and let the
+               others through
+    times      apply to this many requests in all (default: no limit)
+    per-range  if true, count "skip", "every" and "times" on their own
+               for each range end asked for (the last byte of the
+               Range; none for a request without one, or an open-ended
+               one): a request for the rest of a range that was cut short
+               counts as the same range, so with "times" 1 each range
+               fails once, however it is asked for again
 
     The actions, with their own members:
 
-    status            answer with error "code" (400 to 599)
+    status            answer with error "code" (400 to 599), with a
+                      Retry-After header if "retry-after" (seconds, or
+                      an HTTP date) is given
     no-head           answer HEAD with 405 Method Not Allowed
     ignore-range      answer 200 with the whole file, no Accept-Ranges
     ignore-if-range   serve the range asked for even when If-Range does
@@ -150,18 +195,35 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
                       without a valid range is answered normally
     short             send only the first "bytes" body bytes, then close
                       the connection
+    reset             send only the first "bytes" (default 0) body bytes,
+                      wait until the client has acknowledged them (5 s at
+                      most), then reset the connection (TCP RST)
     close             close the connection without answering
     stall             send the first "bytes" (default 0) body bytes, wait
                       "seconds", then send the rest
+    trickle           send the first "bytes" body bytes one at a time,
+                      "seconds" (default 0.01) apart, then the rest
+    long              send "bytes" (default 4096) more body bytes than
+                      asked for, counted in Content-Length: those that
+                      follow in the file, zeroes past its end
+    gzip              answer with the body compressed by gzip and
+                      Content-Encoding: gzip (Content-Range and the rest
+                      unchanged; a HEAD only gets the header)
     delay             wait "seconds", then answer as the rules after
                       this one say (normally if none matches)
+    no-etag           answer without an ETag header, as the rules after
+                      this one say (normally if none matches); the file is
+                      then known by its Last-Modified date only
     redirect          redirect to "location" with "code" (default 302);
                       never applies to a request for the target's path
     length-mismatch   report a size 4096 bytes too large in Content-Range
                       and in the Content-Length of a HEAD
 
     The first rule that matches a request decides alone: it either lets
-    the request through (while skipping) or applies to it.
+    the request through (while skipping, or between two "every"), or
+    applies to it.  Only after a delay or a no-etag do the rules that
+    follow it have their say as well.  POST /_control/release ends the
+    waits of delays and stalls in progress at once.
     """
 
     action: str
@@ -175,7 +237,15 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     nbytes: int = 0
     seconds: float = 0.0
     location: str = ''
+    retry_after: Optional[str] = None
+    every: int = 1
+    per_range: bool = False
     hits: int = 0
+    # Matching requests counted towards "every" (per range: in counts)
+    seen: int = 0
+    # For per-range rules: the "skip", "times" and seen of each range end
+    counts: Dict[Optional[int], 'RuleCount'] = dataclasses.field(
+        default_factory=dict)
     rule_id: int = dataclasses.field(default_factory=lambda: next(_RULE_IDS))
 
     @classmethod
@@ -184,7 +254,8 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
         if not isinstance(obj, dict):
             raise ValueError('a fault rule must be a JSON object')
         known = {'action', 'path', 'method', 'from', 'skip', 'times', 'code',
-                 'shift', 'bytes', 'seconds', 'location'}
+                 'shift', 'bytes', 'seconds', 'location', 'retry-after',
+                 'every', 'per-range'}
         unknown = set(obj) - known
         if unknown:
             raise ValueError(f'unknown fault rule keys: {sorted(unknown)}')
@@ -197,17 +268,31 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
         method = obj.get('method')
         if method not in (None, 'GET', 'HEAD'):
             raise ValueError('"method" must be "GET" or "HEAD"')
+        per_range = obj.get('per-range', False)
+        if not isinstance(per_range, bool):
+            raise ValueError('"per-range" must be true or false')
 
         rule = cls(action=action, path=path, method=method,
                    first=_json_int(obj, 'from', 0, 0) or 0,
                    skip=_json_int(obj, 'skip', 0, 0) or 0,
                    times=_json_int(obj, 'times', None, 0),
                    shift=_json_int(obj, 'shift', 1) or 0,
-                   nbytes=_json_int(obj, 'bytes', 0, 0) or 0)
+                   nbytes=_json_int(obj, 'bytes', 0, 0) or 0,
+                   every=_json_int(obj, 'every', 1, 1) or 1,
+                   per_range=per_range)
         if action == 'status':
             rule.code = _json_int(obj, 'code', None, 400) or 0
             if not 400 <= rule.code <= 599:
                 raise ValueError('"status" needs a "code" from 400 to 599')
+            retry_after = obj.get('retry-after')
+            if retry_after is not None:
+                if isinstance(retry_after, bool) or not isinstance(
+                        retry_after, (int, str)):
+                    raise ValueError('"retry-after" must be a number of '
+                                     'seconds or an HTTP date')
+                rule.retry_after = str(retry_after)
+        elif 'retry-after' in obj:
+            raise ValueError('"retry-after" is for "status" rules only')
         elif action == 'redirect':
             rule.code = _json_int(obj, 'code', 302) or 0
             if rule.code not in (301, 302, 303, 307, 308):
@@ -223,6 +308,16 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
                     not isinstance(seconds, (int, float)) or seconds < 0):
                 raise ValueError(f'"{action}" needs "seconds" >= 0')
             rule.seconds = float(seconds)
+        elif action == 'trickle':
+            if 'bytes' not in obj:
+                raise ValueError('"trickle" needs "bytes"')
+            seconds = obj.get('seconds', TRICKLE_INTERVAL)
+            if (isinstance(seconds, bool) or
+                    not isinstance(seconds, (int, float)) or seconds < 0):
+                raise ValueError('"trickle" "seconds" must be >= 0')
+            rule.seconds = float(seconds)
+        elif action == 'long':
+            rule.nbytes = _json_int(obj, 'bytes', LONG_EXTRA, 1) or 0
         elif action == 'short' and 'bytes' not in obj:
             raise ValueError('"short" needs "bytes"')
         return rule
@@ -232,23 +327,38 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
         obj: Dict[str, Any] = {'action': self.action, 'path': self.path,
                                'method': self.method, 'from': self.first,
                                'skip': self.skip,
-                               'times': self.times, 'hits': self.hits}
+                               'times': self.times, 'hits': self.hits,
+                               'every': self.every,
+                               'per-range': self.per_range}
+        if self.per_range:
+            obj['ranges'] = len(self.counts)
         if self.action in ('status', 'redirect'):
             obj['code'] = self.code
+        if self.retry_after is not None:
+            obj['retry-after'] = self.retry_after
         if self.action == 'redirect':
             obj['location'] = self.location
         if self.action == 'wrong-range':
             obj['shift'] = self.shift
-        if self.action in ('short', 'stall'):
+        if self.action in ('short', 'stall', 'reset', 'trickle', 'long'):
             obj['bytes'] = self.nbytes
-        if self.action in ('stall', 'delay'):
+        if self.action in ('stall', 'delay', 'trickle'):
             obj['seconds'] = self.seconds
         return obj
+
+    def count(self, end: Optional[int]) -> Any:
+        """What counts the requests for a range ending at byte @end: the
+        rule itself, or for a "per-range" rule, a RuleCount of @end."""
+        if not self.per_range:
+            return self
+        if end not in self.counts:
+            self.counts[end] = RuleCount(self.skip, self.times)
+        return self.counts[end]
 
     def matches(self, method: str, path: str, first: int = 0) -> bool:
         """Tell whether the rule (still) concerns this request, whose
         Range starts at byte @first."""
-        if self.times == 0 or first < self.first:
+        if (self.times == 0 and not self.per_range) or first < self.first:
             return False
         if self.path is not None and self.path != path:
             return False
@@ -271,11 +381,14 @@ class RequestRecord:  # pylint: disable=too-many-instance-attributes
 
     @target is the request line's target: a path, or a whole URL when the
     client used us as its proxy.  @range, @cookie, @authorization and
-    @proxy_authorization are those headers as received, @status is None
+    @proxy_authorization are those headers as received, @headers all the
+    request's headers (names in lower case), @status is None
     if no answer
     was sent, @served is the (first, last) byte positions that the body
-    of a GET answer carries, or None if it has no body, and @fault is the
-    action of the fault rule applied to the request, if any.
+    of a GET answer carries (with a "long" answer, more than the file
+    may have), or None if it has no body, and @fault is the action of
+    the fault rule applied to the request, if any ("delay+status" and the
+    like when a delay or a no-etag let the rules after it decide too).
     """
 
     seq: int
@@ -288,6 +401,7 @@ class RequestRecord:  # pylint: disable=too-many-instance-attributes
     cookie: Optional[str] = None
     authorization: Optional[str] = None
     proxy_authorization: Optional[str] = None
+    headers: Dict[str, str] = dataclasses.field(default_factory=dict)
     status: Optional[int] = None
     bytes_sent: int = 0
     served: Optional[Tuple[int, int]] = None
@@ -324,8 +438,8 @@ class ServerState:
     def set_required(self, required: Dict[str, str]) -> None:
         """Answer file requests without these header values with an error.
 
-        Keys are 'cookie', 'authorization' (answered with 401) and
-        'proxy-authorization' (407).
+        Keys are header names; a request without 'proxy-authorization'
+        is answered with 407, one without any other with 401.
         """
         with self.lock:
             self.required = dict(required)
@@ -387,15 +501,16 @@ class ServerState:
             return [rule.to_json() for rule in self.faults]
 
     def take_fault(self, method: str, path: str, first: int = 0,
-                   after: Optional[FaultRule] = None) -> Optional[FaultRule]:
+                   after: Optional[FaultRule] = None,
+                   end: Optional[int] = None) -> Optional[FaultRule]:
         """Find the first rule matching a request (whose Range starts at
-        byte @first) and count it down.
+        byte @first and ends at byte @end) and count it down.
 
         Return the rule if it is to be applied, or None if the request
         is to be answered normally (no rule matches, or the first one
-        that does still has requests to skip).  With @after, a rule
-        returned before for the same request, only the rules that follow
-        it are considered.
+        that does still has requests to skip, or lets this one through
+        until its "every").  With @after, a rule returned before for the
+        same request, only the rules that follow it are considered.
         """
         with self.lock:
             rules = self.faults
@@ -406,11 +521,17 @@ class ServerState:
             for rule in rules:
                 if not rule.matches(method, path, first):
                     continue
-                if rule.skip > 0:
-                    rule.skip -= 1
+                count = rule.count(end)
+                if count.times == 0:
+                    continue        # (per range) done with this range
+                if count.skip > 0:
+                    count.skip -= 1
                     return None
-                if rule.times is not None:
-                    rule.times -= 1
+                count.seen += 1
+                if count.seen % rule.every:
+                    return None
+                if count.times is not None:
+                    count.times -= 1
                 rule.hits += 1
                 return dataclasses.replace(rule)
             return None
@@ -427,6 +548,7 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
     server: 'RangeHTTPServer'
     close_connection = True
     connection_id = 0
+    release_generation = 0
 
     def setup(self) -> None:
         super().setup()
@@ -498,6 +620,9 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                                  401 or 407 (see ServerState.set_required)
         POST /_control/reset     clear the statistics, the fault rules and
                                  the required headers
+        POST /_control/release   end the waits of the delays and stalls in
+                                 progress now: they go on as if their time
+                                 was up
         POST /_control/shutdown  stop the server
         """
         state = self.server.state
@@ -519,17 +644,19 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         elif (self.command, name) == ('POST', 'require'):
             try:
                 required = json.loads(body or b'{}')
-                if not isinstance(required, dict) or not set(required) <= {
-                        'cookie', 'authorization', 'proxy-authorization'}:
-                    raise ValueError('required headers: a JSON object with '
-                                     'cookie, authorization or '
-                                     'proxy-authorization')
+                if not isinstance(required, dict) or not all(
+                        isinstance(k, str) and re.fullmatch(r'[\w-]+', k) and
+                        isinstance(v, str) for k, v in required.items()):
+                    raise ValueError('required headers: a JSON object of '
+                                     'header names and string values')
             except ValueError as err:
                 self._send_json(400, {'error': str(err)})
                 return
             state.set_required(required)
         elif (self.command, name) == ('POST', 'reset'):
             state.reset()
+        elif (self.command, name) == ('POST', 'release'):
+            self.server.release()
         elif (self.command, name) == ('POST', 'shutdown'):
             self.close_connection = True
             self._send_json(200, {})
@@ -564,6 +691,9 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle_file(self, path: str) -> None:
         state = self.server.state
+        # A release after this request is logged ends its delay or stall,
+        # even one that has not begun to wait yet
+        self.release_generation = self.server.release_generation
         range_header = self.headers.get('Range')
         record = state.begin_request(self.connection_id, self.command, path,
                                      range_header, self.client_address[1])
@@ -571,7 +701,8 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                      cookie=self.headers.get('Cookie'),
                      authorization=self.headers.get('Authorization'),
                      proxy_authorization=self.headers.get(
-                         'Proxy-Authorization'))
+                         'Proxy-Authorization'),
+                     headers={k.lower(): v for k, v in self.headers.items()})
         missing = state.missing_header(self.headers)
         if missing is not None:
             code = 407 if missing == 'proxy-authorization' else 401
@@ -582,21 +713,29 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                                        'WWW-Authenticate': 'Basic realm="t"'})
             return
         first = range_first(range_header)
-        rule = state.take_fault(self.command, path, first)
+        end = range_end(range_header)
+        rule = state.take_fault(self.command, path, first, end=end)
+        send_etag = True
         if rule is not None:
+            applied = [rule.action]
             state.update(record, fault=rule.action)
             self.log_message('fault %r applied', rule.to_json())
             if rule.action == 'close':
                 self.close_connection = True
                 return
-            while rule is not None and rule.action == 'delay':
-                if self.server.stopping.wait(rule.seconds):
+            while rule is not None and rule.action in PASS_ON_ACTIONS:
+                if rule.action == 'no-etag':
+                    send_etag = False
+                elif self.server.pause(rule.seconds,
+                                       self.release_generation):
                     self.close_connection = True
                     return
                 rule = state.take_fault(self.command, path, first,
-                                        after=rule)
+                                        after=rule, end=end)
                 if rule is not None:
-                    state.update(record, fault=f'delay+{rule.action}')
+                    applied.append(rule.action)
+                    state.update(record, fault='+'.join(applied))
+                    self.log_message('fault %r applied', rule.to_json())
             if rule is None:
                 pass
             elif rule.action == 'close':
@@ -612,7 +751,7 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             self._send_simple(404, b'Not Found\n')
             return
         try:
-            self._send_file(fd, record, rule, range_header)
+            self._send_file(fd, record, rule, range_header, send_etag)
         finally:
             os.close(fd)
 
@@ -633,28 +772,38 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             except ValueError:
                 phrase = 'Injected fault'
             self.server.state.update(record, status=rule.code)
-            self._send_simple(rule.code, f'{rule.code} {phrase}\n'.encode())
+            self._send_simple(rule.code, f'{rule.code} {phrase}\n'.encode(),
+                              headers={'Retry-After': rule.retry_after}
+                              if rule.retry_after is not None else None)
 
     def _send_file(self, fd: int, record: RequestRecord,
                    rule: Optional[FaultRule],
-                   range_header: Optional[str]) -> None:
-        """Send the headers and body for the open file @fd."""
+                   range_header: Optional[str],
+                   send_etag: bool = True) -> None:
+        """Send the headers and body for the open file @fd, with an ETag
+        if @send_etag."""
+        # pylint: disable=too-many-locals,too-many-branches
         action = rule.action if rule else None
         info = os.fstat(fd)
         size = info.st_size
         total = size + (LENGTH_MISMATCH_EXTRA
                         if action == 'length-mismatch' else 0)
+        # A new file (os.replace) has a new inode, hence a new ETag
         etag = f'"{size:x}-{info.st_mtime_ns:x}-{info.st_ino:x}"'
         last_modified = email.utils.formatdate(info.st_mtime, usegmt=True)
 
-        headers = {'ETag': etag, 'Last-Modified': last_modified}
+        headers = {'Last-Modified': last_modified}
+        validators: Tuple[Optional[str], ...] = (None, last_modified)
+        if send_etag:
+            headers['ETag'] = etag
+            validators += (etag,)
         if action not in ('ignore-range', 'no-accept-ranges'):
             headers['Accept-Ranges'] = 'bytes'
 
         if_range = self.headers.get('If-Range')
         if (range_header is None or action == 'ignore-range' or
                 (action != 'ignore-if-range' and
-                 if_range not in (None, etag, last_modified))):
+                 if_range not in validators)):
             byte_range = None
         else:
             try:
@@ -681,53 +830,112 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             headers['Content-Length'] = str(length)
         headers['Content-Type'] = 'application/octet-stream'
 
+        extra = 0
+        if action == 'long':
+            extra = rule.nbytes if rule is not None else 0
+            headers['Content-Length'] = str(length + extra)
+        encoded = None
+        if action == 'gzip':
+            headers['Content-Encoding'] = 'gzip'
+            if self.command == 'GET':
+                encoded = gzip.compress(os.pread(fd, length, start),
+                                        compresslevel=1)
+                headers['Content-Length'] = str(len(encoded))
+
         served = None
         if self.command == 'GET' and length > 0:
-            served = (start, start + length - 1)
+            served = (start, start + length + extra - 1)
         self.server.state.update(record, status=code, served=served)
         self.send_response(code)
         for name, value in headers.items():
             self.send_header(name, value)
         self._end_headers()
         if self.command == 'HEAD':
-            length = 0
+            length = extra = 0
 
+        if encoded is not None:
+            self.server.state.add_bytes(record, len(encoded))
+            self.wfile.write(encoded)
+            return
         limit = None
         stall = None
-        if rule is not None and action == 'short':
+        trickle = None
+        if rule is not None and action in ('short', 'reset'):
             limit = rule.nbytes
         elif rule is not None and action == 'stall':
             stall = (rule.nbytes, rule.seconds)
-        complete = self._send_body(fd, start, length, record, limit, stall)
-        if not complete or action == 'short':
+        elif rule is not None and action == 'trickle':
+            trickle = (rule.nbytes, rule.seconds)
+        # What the file does not have past its end of a long body is zeroes
+        in_file = min(length + extra, max(size - start, 0))
+        complete = self._send_body(fd, start, in_file, record, limit, stall,
+                                   trickle)
+        if complete and length + extra > in_file:
+            zeroes = length + extra - in_file
+            self.server.state.add_bytes(record, zeroes)
+            self.wfile.write(bytes(zeroes))
+        if action == 'reset':
+            self._reset_connection()
+        elif not complete or action == 'short':
             self.close_connection = True
+
+    def _reset_connection(self) -> None:
+        """Abort the connection with a TCP RST, once the client has
+        acknowledged what was sent (so that it gets those bytes)."""
+        sock = self.connection
+        deadline = time.monotonic() + RESET_ACK_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                # Linux: bytes sent but not acknowledged yet (SIOCOUTQ)
+                unacked = struct.unpack('i', fcntl.ioctl(
+                    sock.fileno(), termios.TIOCOUTQ, b'\0' * 4))[0]
+            except OSError:
+                break
+            if unacked == 0 or self.server.stopping.wait(0.001):
+                break
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack('ii', 1, 0))
+        # The socket really closes, with a RST rather than a FIN, once
+        # the reader made of it is closed too
+        sock.close()
+        self.rfile.close()
+        self.close_connection = True
 
     def _send_body(self, fd: int, start: int, length: int,
                    record: RequestRecord, limit: Optional[int],
-                   stall: Optional[Tuple[int, float]]) -> bool:
+                   stall: Optional[Tuple[int, float]],
+                   trickle: Optional[Tuple[int, float]] = None) -> bool:
         """Send @length bytes of @fd from offset @start.
 
         Stop after @limit bytes if it is given.  If @stall is given as
         (nbytes, seconds), wait that many seconds after the first nbytes
-        bytes.  Return whether the whole body was sent.
+        bytes.  If @trickle is given as (nbytes, seconds), send the first
+        nbytes bytes one at a time, that many seconds apart.  Return
+        whether the whole body was sent.
         """
+        # pylint: disable=too-many-arguments
         state = self.server.state
         end = length if limit is None else min(limit, length)
         pause_at, pause = (None, 0.0) if stall is None else stall
         if pause_at is not None:
             pause_at = min(pause_at, length)
+        slow, interval = (0, 0.0) if trickle is None else trickle
         sent = 0
         while True:
             if pause_at is not None and sent >= pause_at:
                 self.wfile.flush()
-                if self.server.stopping.wait(pause):
+                if self.server.pause(pause, self.release_generation):
                     return False
                 pause_at = None
             if sent >= end:
                 return sent == length
+            if 0 < sent < slow and self.server.stopping.wait(interval):
+                return False
             count = min(CHUNK_SIZE, end - sent)
             if pause_at is not None:
                 count = min(count, pause_at - sent)
+            if sent < slow:
+                count = 1
             data = os.pread(fd, count, start + sent)
             if not data:
                 # The file shrank; the client must not wait for more
@@ -766,6 +974,9 @@ class RangeHTTPServer(http.server.ThreadingHTTPServer):
         self.log_lock = threading.Lock()
         self.state = ServerState()
         self.stopping = threading.Event()
+        # Delays and stalls in progress end when the generation changes
+        self.release_cond = threading.Condition()
+        self.release_generation = 0
         super().__init__(address, RangeRequestHandler)
 
     def log(self, message: str) -> None:
@@ -775,9 +986,32 @@ class RangeHTTPServer(http.server.ThreadingHTTPServer):
                 self.log_file.write(message + '\n')
                 self.log_file.flush()
 
+    def pause(self, seconds: float, generation: int) -> bool:
+        """Wait @seconds, or until stop() is called, or release() is or
+        was since release_generation was @generation.
+
+        Return whether the server is stopping.
+        """
+        deadline = time.monotonic() + seconds
+        with self.release_cond:
+            while (not self.stopping.is_set() and
+                   self.release_generation == generation):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.release_cond.wait(remaining)
+        return self.stopping.is_set()
+
+    def release(self) -> None:
+        """End the pause() of every delay and stall in progress now."""
+        with self.release_cond:
+            self.release_generation += 1
+            self.release_cond.notify_all()
+
     def stop(self) -> None:
         """Make serve_forever() return and abort pending stalls."""
         self.stopping.set()
+        self.release()
         threading.Thread(target=self.shutdown, daemon=True).start()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -927,6 +1161,10 @@ class RangeServer:
     def reset(self) -> None:
         """Clear the statistics, the fault rules and required headers."""
         self._control('POST', 'reset')
+
+    def release(self) -> None:
+        """End the delays and stalls in progress now (see FaultRule)."""
+        self._control('POST', 'release')
 
     def require(self, **headers: str) -> None:
         """Refuse file requests without these header values (see

@@ -25,6 +25,7 @@ and HTTPS.  Run it directly: python3 tests/series/test_range_server.py
 """
 
 import email.utils
+import gzip
 import http.client
 import os
 import shutil
@@ -33,6 +34,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from typing import Any, Dict, List, Optional, Tuple
@@ -369,6 +371,31 @@ class FaultTest(ServerTestCase):
         self.assertEqual([e['status'] for e in stats['log']], [503, 200])
         self.assertEqual([e['fault'] for e in stats['log']], ['status', None])
 
+    def test_status_retry_after(self) -> None:
+        self.set_faults([{'action': 'status', 'code': 429,
+                          'retry-after': 3}])
+        status, headers, _ = self.request('GET', '/small.img')
+        self.assertEqual((status, headers.get('retry-after')), (429, '3'))
+        self.assertEqual(self.server.faults()[0]['retry-after'], '3')
+        # Without "retry-after", no header
+        self.set_faults([{'action': 'status', 'code': 503}])
+        status, headers, _ = self.request('GET', '/small.img')
+        self.assertEqual((status, headers.get('retry-after')), (503, None))
+
+    def test_all_headers_logged(self) -> None:
+        self.request('GET', '/small.img', {'X-Api-Key': 'k1', 'Cookie': 'c'})
+        headers = self.server.stats()['log'][0]['headers']
+        self.assertEqual((headers['x-api-key'], headers['cookie']),
+                         ('k1', 'c'))
+
+    def test_required_any_header(self) -> None:
+        self.server.require(x_api_key='k1')
+        self.assertEqual(self.request('GET', '/small.img')[0], 401)
+        self.assertEqual(self.request('GET', '/small.img',
+                                      {'X-Api-Key': 'k1'})[0], 200)
+        with self.assertRaises(RuntimeError):
+            self.server.require(**{'bad name': 'x'})
+
     def test_required_headers(self) -> None:
         self.server.require(cookie='a=1', proxy_authorization='Basic eA==')
         status, headers, _ = self.request('GET', '/small.img',
@@ -512,6 +539,210 @@ class FaultTest(ServerTestCase):
                          'delay+status')
         self.assertEqual(self.get_range('/small.img', 'bytes=0-4')[0], 206)
 
+    def read_until_reset(self, request: bytes) -> Tuple[bytes, bool]:
+        """Send a raw request; return what came before the connection
+        ended, and whether it ended with a reset rather than an EOF."""
+        with socket.create_connection(('127.0.0.1', self.server.port),
+                                      timeout=10) as sock:
+            sock.sendall(request)
+            received = b''
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    return received, True
+                if not data:
+                    return received, False
+                received += data
+
+    def test_reset(self) -> None:
+        self.set_faults([{'action': 'reset', 'bytes': 1000, 'times': 1}])
+        # The HEAD does not use up a rule acting on bodies
+        self.assertEqual(self.request('HEAD', '/data.img')[0], 200)
+        data, reset = self.read_until_reset(
+            b'GET /data.img HTTP/1.1\r\nHost: x\r\n'
+            b'Range: bytes=0-99999\r\n\r\n')
+        self.assertTrue(reset, 'the connection ended with a FIN')
+        status, headers, body = parse_raw_response(data)
+        self.assertEqual((status, headers['content-length']), (206, '100000'))
+        # The bytes before the reset were acknowledged: none is lost
+        self.assertEqual(body, DATA[:1000])
+        log = self.server.stats()['log']
+        self.assertEqual((log[1]['bytes_sent'], log[1]['fault']),
+                         (1000, 'reset'))
+        # Once: the next request is answered in full
+        self.assertEqual(self.get_range('/data.img', 'bytes=0-99999')[2],
+                         DATA[:100000])
+
+    def test_reset_curl(self) -> None:
+        self.set_faults([{'action': 'reset', 'bytes': 10}])
+        proc = subprocess.run(['curl', '--silent', '--show-error',
+                               '--noproxy', '*', '-r', '0-9999',
+                               self.server.url('data.img')],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=20, check=False)
+        self.assertEqual(proc.returncode, 56, proc.stderr)   # recv error
+        self.assertIn(b'Connection reset by peer', proc.stderr)
+        self.assertEqual(proc.stdout, DATA[:10])
+
+    def test_trickle(self) -> None:
+        self.set_faults([{'action': 'trickle', 'bytes': 20,
+                          'seconds': 0.05, 'times': 1}])
+        self.assertEqual(self.request('HEAD', '/data.img')[0], 200)
+        start = time.monotonic()
+        status, _, body = self.get_range('/data.img', 'bytes=10-5009')
+        # 19 waits between the first 20 bytes, then the rest at once
+        self.assertGreaterEqual(time.monotonic() - start, 19 * 0.05 * 0.95)
+        self.assertEqual((status, body), (206, DATA[10:5010]))
+        log = self.server.stats()['log']
+        self.assertEqual((log[1]['bytes_sent'], log[1]['fault']),
+                         (5000, 'trickle'))
+        # A body shorter than the trickle is trickled whole
+        self.set_faults([{'action': 'trickle', 'bytes': 100,
+                          'seconds': 0}])
+        self.assertEqual(self.get_range('/data.img', 'bytes=0-9')[2],
+                         DATA[:10])
+
+    def test_long(self) -> None:
+        self.set_faults([{'action': 'long', 'bytes': 50}])
+        status, headers, body = self.get_range('/data.img', 'bytes=100-199')
+        self.assertEqual(status, 206)
+        self.assertEqual(headers['content-range'],
+                         f'bytes 100-199/{len(DATA)}')
+        self.assertEqual(headers['content-length'], '150')
+        self.assertEqual(body, DATA[100:250])
+        # Past the end of the file: zeroes
+        status, headers, body = self.get_range('/data.img', 'bytes=-10')
+        self.assertEqual(headers['content-length'], '60')
+        self.assertEqual(body, DATA[-10:] + bytes(50))
+        log = self.server.stats()['log']
+        self.assertEqual([(e['served'], e['bytes_sent']) for e in log],
+                         [([100, 249], 150),
+                          ([len(DATA) - 10, len(DATA) + 49], 60)])
+        # The default is 4096 more; a HEAD is answered normally
+        self.set_faults([{'action': 'long'}])
+        self.assertEqual(len(self.get_range('/data.img', 'bytes=0-9')[2]),
+                         4106)
+        self.assertEqual(self.request('HEAD', '/data.img')[1]
+                         ['content-length'], str(len(DATA)))
+
+    def test_gzip(self) -> None:
+        self.set_faults([{'action': 'gzip'}])
+        status, headers, body = self.get_range('/data.img', 'bytes=100-70099')
+        self.assertEqual(status, 206)
+        self.assertEqual(headers['content-encoding'], 'gzip')
+        self.assertEqual(headers['content-range'],
+                         f'bytes 100-70099/{len(DATA)}')
+        self.assertEqual(headers['content-length'], str(len(body)))
+        self.assertEqual(gzip.decompress(body), DATA[100:70100])
+        self.assertEqual(self.server.stats()['log'][0]['bytes_sent'],
+                         len(body))
+        status, headers, body = self.request('GET', '/small.img')
+        self.assertEqual((status, gzip.decompress(body)), (200, SMALL))
+        # A HEAD is left alone, unless the rule says HEAD
+        self.assertNotIn('content-encoding',
+                         self.request('HEAD', '/data.img')[1])
+        self.set_faults([{'action': 'gzip', 'method': 'HEAD'}])
+        status, headers, body = self.request('HEAD', '/data.img')
+        self.assertEqual((status, headers['content-encoding'], body),
+                         (200, 'gzip', b''))
+
+    def test_no_etag(self) -> None:
+        etag = self.request('HEAD', '/small.img')[1]['etag']
+        self.set_faults([{'action': 'no-etag'}])
+        status, headers, _ = self.request('HEAD', '/small.img')
+        self.assertEqual(status, 200)
+        self.assertNotIn('etag', headers)
+        last_modified = headers['last-modified']
+        # If-Range: only the date it still sends is a validator
+        status, headers, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3',
+                                  'If-Range': last_modified})
+        self.assertEqual((status, body), (206, SMALL[:4]))
+        self.assertNotIn('etag', headers)
+        status, _, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3', 'If-Range': etag})
+        self.assertEqual((status, body), (200, SMALL))
+        self.assertEqual([e['fault'] for e in self.server.stats()['log']],
+                         [None, 'no-etag', 'no-etag', 'no-etag'])
+
+    def test_no_etag_then_next_rules(self) -> None:
+        # Like a delay, the rules that follow decide
+        self.set_faults([{'action': 'no-etag'},
+                         {'action': 'delay', 'seconds': 0, 'times': 1},
+                         {'action': 'ignore-if-range'}])
+        status, headers, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3',
+                                  'If-Range': '"stale"'})
+        self.assertEqual((status, body), (206, SMALL[:4]))
+        self.assertNotIn('etag', headers)
+        status, headers, _ = self.request('HEAD', '/small.img')
+        self.assertNotIn('etag', headers)
+        self.assertEqual([e['fault'] for e in self.server.stats()['log']],
+                         ['no-etag+delay+ignore-if-range',
+                          'no-etag+ignore-if-range'])
+
+    def test_every(self) -> None:
+        self.set_faults([{'action': 'status', 'code': 503, 'skip': 1,
+                          'every': 3, 'times': 2}])
+        statuses = [self.request('GET', '/small.img')[0] for _ in range(9)]
+        self.assertEqual(statuses, [200, 200, 200, 503, 200, 200, 503,
+                                    200, 200])
+        [rule] = self.server.faults()
+        self.assertEqual((rule['every'], rule['times'], rule['hits']),
+                         (3, 0, 2))
+
+    def test_per_range(self) -> None:
+        self.set_faults([{'action': 'status', 'code': 503, 'times': 1,
+                          'per-range': True}])
+        ranges = ['bytes=0-99', 'bytes=0-99', 'bytes=100-199',
+                  # The rest of a range is the same range
+                  'bytes=50-99', 'bytes=150-199', 'bytes=100-199',
+                  # No range, and an open-ended one: to the end
+                  None, 'bytes=10-', 'bytes=-5']
+        statuses = [self.request('GET', '/data.img',
+                                 {'Range': r} if r else {})[0]
+                    for r in ranges]
+        self.assertEqual(statuses, [503, 206, 503, 206, 206, 206, 503,
+                                    206, 206])
+        [rule] = self.server.faults()
+        self.assertEqual((rule['per-range'], rule['ranges'], rule['times'],
+                          rule['hits']), (True, 3, 1, 3))
+
+    def test_per_range_skip_every(self) -> None:
+        # After the first request of each range end, every second one is
+        # cut short: "skip" and "every" count per range too
+        self.set_faults([{'action': 'short', 'bytes': 10, 'skip': 1,
+                          'every': 2, 'per-range': True}])
+        faults = []
+        for value in ('bytes=0-99', 'bytes=100-199', 'bytes=0-99',
+                      'bytes=0-99', 'bytes=100-199', 'bytes=0-99'):
+            self.raw_exchange(f'GET /data.img HTTP/1.1\r\nHost: x\r\n'
+                              f'Range: {value}\r\nConnection: close\r\n'
+                              '\r\n'.encode())
+            faults.append(self.server.stats()['log'][-1]['fault'])
+        self.assertEqual(faults, [None, None, None, 'short', None, None])
+
+    def test_release(self) -> None:
+        for rule in ({'action': 'delay', 'seconds': 120},
+                     {'action': 'stall', 'bytes': 10, 'seconds': 120}):
+            with self.subTest(action=rule['action']):
+                self.server.reset()
+                self.set_faults([rule])
+                results: List[Response] = []
+                thread = threading.Thread(target=lambda: results.append(
+                    self.get_range('/data.img', 'bytes=0-99')))
+                start = time.monotonic()
+                thread.start()
+                while not self.server.stats()['log']:
+                    time.sleep(0.01)
+                self.server.release()
+                thread.join(timeout=60)
+                self.assertLess(time.monotonic() - start, 60)
+                self.assertEqual(results[0][::2], (206, DATA[:100]))
+                self.assertEqual(self.server.stats()['log'][0]['fault'],
+                                 rule['action'])
+
     def test_redirect(self) -> None:
         self.set_faults([{'path': '/alias.img', 'action': 'redirect',
                           'location': '/data.img'}])
@@ -598,7 +829,14 @@ class FaultTest(ServerTestCase):
             {'action': 'delay'}, {'action': 'redirect'},
             {'action': 'close', 'x': 1}, {'action': 'close', 'times': 'once'},
             {'action': 'close', 'times': True},
-            {'action': 'close', 'method': 'PUT'}]
+            {'action': 'close', 'method': 'PUT'},
+            {'action': 'status', 'code': 503, 'retry-after': [1]},
+            {'action': 'close', 'retry-after': 1},
+            {'action': 'trickle'},
+            {'action': 'trickle', 'bytes': 5, 'seconds': -1},
+            {'action': 'long', 'bytes': 0},
+            {'action': 'close', 'every': 0},
+            {'action': 'close', 'per-range': 1}]
         for rule in bad_rules:
             with self.subTest(rule=rule):
                 with self.assertRaises(RuntimeError):
@@ -659,6 +897,19 @@ class TlsTest(ServerTestCase):
         with self.assertRaises(http.client.IncompleteRead) as ctx:
             conn.getresponse().read()
         self.assertEqual(ctx.exception.partial, SMALL[:10])
+
+    def test_reset(self) -> None:
+        # (Python's ssl module reports a reset as a ragged EOF: curl tells)
+        self.set_faults([{'action': 'reset', 'bytes': 10}])
+        proc = subprocess.run(['curl', '--silent', '--show-error',
+                               '--noproxy', '*', '--cacert',
+                               str(self.tls_cert), '-r', '0-9999',
+                               self.server.url('data.img')],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=20, check=False)
+        self.assertEqual(proc.returncode, 56, proc.stderr)   # recv error
+        self.assertIn(b'Connection reset by peer', proc.stderr)
+        self.assertEqual(proc.stdout, DATA[:10])
 
     def test_curl(self) -> None:
         out = curl('--cacert', str(self.tls_cert), '-r', '10-19',
