@@ -100,14 +100,23 @@ static TestCache *test_cache_new(uint64_t remote_len, uint64_t remote_offset,
     return test_cache_new_bs(remote_len, remote_offset, BS, capacity);
 }
 
-static void test_cache_free(TestCache *tc)
+/* Free @tc; its cache's last statistics go to @stats unless it is NULL */
+static void test_cache_free_stats(TestCache *tc, RangeCacheStats *stats)
 {
     g_assert(g_queue_is_empty(&tc->pending));
     range_cache_destroy(&tc->rc);
+    if (stats) {
+        *stats = tc->rc.stats;
+    }
     g_string_free(tc->events, true);
     g_free(tc->image);
     qemu_mutex_destroy(&tc->lock);
     g_free(tc);
+}
+
+static void test_cache_free(TestCache *tc)
+{
+    test_cache_free_stats(tc, NULL);
 }
 
 /* Take the events logged so far */
@@ -117,6 +126,12 @@ static char *test_events(TestCache *tc)
 
     g_string_truncate(tc->events, 0);
     return s;
+}
+
+/* Forget the events logged so far */
+static void test_drop_events(TestCache *tc)
+{
+    g_string_truncate(tc->events, 0);
 }
 
 #define assert_events(tc, want) do {                \
@@ -439,7 +454,7 @@ static void test_partial_failure(void)
     test_read_free(whole);
     test_read_free(tail);
     g_assert_cmpuint(tc->rc.stats.failures, ==, 1);
-    test_events(tc);
+    test_drop_events(tc);
 
     /* What arrived is served; the granule that arrived in part is not */
     test_read_sync(tc, 0, 32 * KiB);
@@ -513,7 +528,7 @@ static void test_lru_order(void)
     test_read_sync(tc, 20 * BS, 1);
     test_read_sync(tc, 40 * BS, 1);
     test_read_sync(tc, 0 * BS, 1);      /* block 20 is now the oldest */
-    test_events(tc);
+    test_drop_events(tc);
     test_read_sync(tc, 60 * BS, 1);
     assert_events(tc, "e327680:16384 m983040:4096 w983040:4096");
     g_assert_cmpint(range_cache_block_list(&tc->rc, 0), ==,
@@ -535,7 +550,7 @@ static void test_lru_streamed_first(void)
                     RANGE_CACHE_LIST_STREAMED);
     g_assert_cmpint(range_cache_block_list(&tc->rc, 40), ==,
                     RANGE_CACHE_LIST_LRU);
-    test_events(tc);
+    test_drop_events(tc);
     test_read_sync(tc, 20 * BS, 10);
     test_read_sync(tc, 30 * BS, 10);
     assert_events(tc, "m327680:4096 w327680:4096 e16384:16384 m491520:4096 "
@@ -566,7 +581,7 @@ static void test_readahead_sequential(void)
                   "r466944:65536 r532480:4096 h8192:4096");
     test_read_sync(tc, 12 * KiB, 4 * KiB);
     g_assert_cmpuint(tc->rc.stats.readaheads, ==, 4 + 5 + 9);
-    test_events(tc);
+    test_drop_events(tc);
     /* 1 MiB at most; a few bytes more are not worth a fetch */
     test_read_sync(tc, 16 * KiB, 4 * KiB);
     assert_events(tc, "h16384:4096");
@@ -682,7 +697,7 @@ static void test_readahead_keeps_cached(void)
     test_read_sync(tc, BS, BS);          /* readahead: blocks 2 to 5 */
     g_assert_cmpint(range_cache_block_list(&tc->rc, 5), ==,
                     RANGE_CACHE_LIST_UNREAD);
-    test_events(tc);
+    test_drop_events(tc);
     /* Reads elsewhere take the free, streamed, then read blocks */
     test_read_sync(tc, 40 * BS, 10);
     test_read_sync(tc, 80 * BS, 10);
@@ -703,6 +718,7 @@ static void test_readahead_unread(void)
 {
     TestCache *tc = test_cache_new(256 * BS, 0, 4);
     g_autofree char *ev = NULL;
+    RangeCacheStats stats;
 
     range_cache_set_readahead(&tc->rc, 2 * BS, BS);
     test_read_sync(tc, 0, BS);
@@ -727,9 +743,9 @@ static void test_readahead_unread(void)
     g_assert_true(g_str_has_prefix(ev, "e1638400:16384 e2457600:16384 "
                                    "u49152:16384 m3276800:49152 "));
     g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 1);
-    test_cache_free(tc);
+    test_cache_free_stats(tc, &stats);
     /* Block 4, in the cache until the end */
-    g_assert_cmpuint(tc->rc.stats.readahead_unread, ==, 2);
+    g_assert_cmpuint(stats.readahead_unread, ==, 2);
 }
 
 /* What a driver asks for at open goes out in fetches of the size it says */
