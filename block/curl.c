@@ -28,6 +28,7 @@
 #include "block/block_int.h"
 #include "block/range-cache.h"
 #include "crypto/secret.h"
+#include "crypto/tlscredsx509.h"
 #include "qobject/qdict.h"
 #include "trace.h"
 
@@ -56,6 +57,9 @@
 #define CURL_OPT_PASSWORD_SECRET        "password-secret"
 #define CURL_OPT_PROXY_USERNAME         "proxy-username"
 #define CURL_OPT_PROXY_PASSWORD_SECRET  "proxy-password-secret"
+#define CURL_OPT_HEADER_SECRET          "header-secret"
+#define CURL_OPT_RETRIES                "retries"
+#define CURL_OPT_TLS_CREDS              "tls-creds"
 
 /*
  * Defaults.  Sixteen transfers in flight keep a 40 ms, 125 MB/s link busy;
@@ -93,11 +97,18 @@
 #define CURL_WARM_UP_FETCH          (64 * KiB)
 
 /*
- * A transfer that broke off (a reset connection, a short body, a 5xx
- * answer) is asked for again, for what did not arrive, this many times
- * before its readers see the error.
+ * A transfer that broke off (a reset connection, a short body, a 5xx, 408
+ * or 429 answer) is asked for again, for what did not arrive, 'retries'
+ * times before its readers see the error.  The first retry waits about
+ * CURL_RETRY_DELAY_MS, each next one twice as long, at most
+ * CURL_RETRY_MAX_DELAY_MS; a server that says when to come back
+ * (Retry-After) is believed up to CURL_RETRY_MAX_DELAY_MS too.  So the
+ * retries of a fetch wait at most 'retries' * 10 seconds in all.
  */
-#define CURL_MAX_RETRIES            2
+#define CURL_DEFAULT_RETRIES        2
+#define CURL_MAX_RETRIES            16
+#define CURL_RETRY_DELAY_MS         100
+#define CURL_RETRY_MAX_DELAY_MS     10000
 
 #define CURL_MAX_REDIRECTS          16
 
@@ -117,6 +128,7 @@ typedef QSIMPLEQ_HEAD(, RangeCacheFetch) CURLFetchQueue;
 /* What the headers of an HTTP answer said; FTP has none of these */
 typedef struct CURLHeaders {
     bool http;                  /* an HTTP status line was seen */
+    long status;                /* and the status it gave */
     bool accept_ranges;         /* Accept-Ranges: bytes */
     bool has_range;             /* Content-Range: bytes FIRST-LAST/TOTAL */
     bool has_total;             /* Content-Range: bytes * / TOTAL */
@@ -126,6 +138,7 @@ typedef struct CURLHeaders {
     char etag[128];
     char last_modified[64];
     char content_encoding[32];  /* empty if none */
+    int64_t retry_after_ms;     /* Retry-After, or -1 */
 } CURLHeaders;
 
 /*
@@ -136,14 +149,16 @@ typedef struct CURLTransfer {
     BDRVCURLState *s;
     CURL *easy;
     RangeCacheFetch *fetch;     /* NULL while idle */
-    char *redirected;           /* where it was sent, if not to url */
-    bool fell_back;             /* sent to url after redirected failed */
+    char *target;               /* where it is sent, if not to url */
+    unsigned hops;              /* redirects followed to get there */
+    bool fell_back;             /* sent to url after target refused */
     uint64_t first;             /* remote byte range asked for, inclusive */
     uint64_t last;
     uint64_t received;          /* body bytes of this answer */
     int64_t start_ns;
     int64_t progress_ns;        /* when the last bytes arrived */
     unsigned attempt;           /* 0 for the first request of the fetch */
+    int64_t retry_at_ms;        /* when to ask again, or 0 */
     bool open_ended;            /* asked to the end of the file (FTP) */
     bool cut;                   /* and stopped at the end of the fetch */
     int ret;                    /* -errno when our own checks failed */
@@ -164,13 +179,20 @@ typedef struct CURLSocket {
 struct BDRVCURLState {
     /* Set at open and constant afterwards */
     char *url;
+    char *url_shown;            /* url without its query or password */
     uint64_t remote_offset;     /* added to every range request */
     uint64_t blocksize;
     unsigned blockcount;
     unsigned connections;       /* most transfers at once */
     uint64_t readahead;         /* bytes fetched ahead of sequential reads */
     bool sslverify;
+    char *tls_ca;               /* what 'tls-creds' trusts, or NULL */
+    char *tls_crl;              /* and revokes */
+    char *tls_cert;             /* the client certificate it presents */
+    char *tls_key;
+    char *tls_key_password;
     uint64_t timeout;           /* seconds to connect, or without progress */
+    unsigned retries;           /* of a transfer that broke off */
     char *cookie;
     char *username;
     char *password;
@@ -180,7 +202,9 @@ struct BDRVCURLState {
     char *etag;                 /* the file's ETag at open, or NULL */
     char *last_modified;        /* its Last-Modified at open, or NULL */
     const char *validator;      /* one of them, sent as If-Range */
-    struct curl_slist *req_headers;
+    char *extra_headers;        /* the user's, one per line, or NULL */
+    struct curl_slist *origin_headers;  /* sent to url's origin */
+    struct curl_slist *other_headers;   /* sent to any other */
     CURLSH *share;              /* DNS and TLS sessions of the transfers */
     CURLM *multi;               /* runs the transfers */
     CURLTransfer *transfers;    /* 'connections' of them */
@@ -212,6 +236,7 @@ struct BDRVCURLState {
     AioContext *aio_context;
     QEMUTimer timer;            /* libcurl's timeout */
     QEMUTimer watchdog;         /* checks that transfers progress */
+    QEMUTimer retry_timer;      /* asks again for what broke off */
     QEMUBH *start_bh;           /* starts queued fetches in aio_context */
     QLIST_HEAD(, CURLSocket) sockets;
 };
@@ -322,6 +347,37 @@ static bool curl_parse_content_range(const char *v, size_t len,
     return true;
 }
 
+/* Parse "HTTP/1.1 503 Slow Down" */
+static long curl_parse_status(const char *line, size_t len)
+{
+    g_autofree char *str = g_strndup(line, len);
+    const char *p = strchr(str, ' ');
+    long status;
+
+    if (!p || qemu_strtol(p + 1, &p, 10, &status) || status < 100 ||
+        status > 999) {
+        return 0;
+    }
+    return status;
+}
+
+/* Parse Retry-After: seconds, or an HTTP date */
+static int64_t curl_parse_retry_after(const char *v, size_t len)
+{
+    g_autofree char *str = g_strndup(v, len);
+    uint64_t seconds;
+    time_t when;
+
+    if (!qemu_strtou64(str, NULL, 10, &seconds)) {
+        return MIN(seconds, INT64_MAX / 1000) * 1000;
+    }
+    when = curl_getdate(str, NULL);
+    if (when == -1) {
+        return -1;
+    }
+    return MAX(0, (int64_t)when - (int64_t)time(NULL)) * 1000;
+}
+
 static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
                              void *opaque)
 {
@@ -331,7 +387,13 @@ static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
     size_t vlen;
 
     if (len >= 5 && !memcmp(line, "HTTP/", 5)) {
-        *h = (CURLHeaders) { .http = true };
+        *h = (CURLHeaders) {
+            .http = true,
+            .status = curl_parse_status(line, len),
+            .retry_after_ms = -1,
+        };
+    } else if (curl_header_is(line, len, "retry-after", &v, &vlen)) {
+        h->retry_after_ms = curl_parse_retry_after(v, vlen);
     } else if (curl_header_is(line, len, "accept-ranges", &v, &vlen)) {
         h->accept_ranges = vlen == 5 && !g_ascii_strncasecmp(v, "bytes", 5);
     } else if (curl_header_is(line, len, "content-range", &v, &vlen)) {
@@ -370,30 +432,118 @@ static bool curl_trust_bundle_only(void)
 #endif
 }
 
+/* Whether @a and @b have the same scheme, host and port */
+static bool curl_same_origin(const char *a, const char *b)
+{
+    g_autoptr(GUri) ua = g_uri_parse(a, G_URI_FLAGS_NONE, NULL);
+    g_autoptr(GUri) ub = g_uri_parse(b, G_URI_FLAGS_NONE, NULL);
+
+    return ua && ub &&
+           !g_ascii_strcasecmp(g_uri_get_scheme(ua), g_uri_get_scheme(ub)) &&
+           !g_ascii_strcasecmp(g_uri_get_host(ua) ?: "",
+                               g_uri_get_host(ub) ?: "") &&
+           g_uri_get_port(ua) == g_uri_get_port(ub);
+}
+
+/*
+ * @url as traces and error messages show it: without a password, and
+ * without the query, which holds the signature of a presigned URL
+ */
+static char *curl_url_shown(const char *url)
+{
+    g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
+
+    if (!uri) {
+        return g_strndup(url, strcspn(url, "?#@"));
+    }
+    return g_uri_to_string_partial(uri, G_URI_HIDE_PASSWORD |
+                                   G_URI_HIDE_AUTH_PARAMS | G_URI_HIDE_QUERY |
+                                   G_URI_HIDE_FRAGMENT);
+}
+
+/*
+ * Send the next request of @easy to @url.  The user's credentials, cookies
+ * and headers only go to the origin of the image's URL: libcurl would send
+ * a cookie or a header to wherever a redirect leads.
+ */
+static bool curl_aim(BDRVCURLState *s, CURL *easy, const char *url,
+                     Error **errp)
+{
+    ERRP_GUARD();
+    bool origin = url == s->url || curl_same_origin(s->url, url);
+
+    curl_setopt(easy, CURLOPT_URL, url, errp);
+    curl_setopt(easy, CURLOPT_COOKIE, origin ? s->cookie : NULL, errp);
+    curl_setopt(easy, CURLOPT_USERNAME, origin ? s->username : NULL, errp);
+    curl_setopt(easy, CURLOPT_PASSWORD, origin ? s->password : NULL, errp);
+    curl_setopt(easy, CURLOPT_HTTPHEADER,
+                origin ? s->origin_headers : s->other_headers, errp);
+    return !*errp;
+}
+
+/* Whether a 3xx status asks to go elsewhere (not 304 Not Modified) */
+static bool curl_is_redirect(long status)
+{
+    return status == 301 || status == 302 || status == 303 ||
+           status == 307 || status == 308;
+}
+
+/*
+ * Whether to follow a redirect from @from to @to: only to http or https,
+ * never from https to plain http, and not too many in a row.  Else
+ * -errno, and why in @why.
+ */
+static int curl_may_redirect(BDRVCURLState *s, const char *from,
+                             const char *to, unsigned hops, char *why,
+                             size_t size)
+{
+    g_autofree char *shown = curl_url_shown(to);
+
+    if (hops > CURL_MAX_REDIRECTS) {
+        snprintf(why, size, "more than %d redirects in a row",
+                 CURL_MAX_REDIRECTS);
+        return -ELOOP;
+    }
+    if (g_ascii_strncasecmp(to, "https://", 8) &&
+        g_ascii_strncasecmp(to, "http://", 7)) {
+        snprintf(why, size, "refused to follow a redirect to %s: only http "
+                 "and https are followed", shown);
+        return -EPROTONOSUPPORT;
+    }
+    if (!g_ascii_strncasecmp(from, "https://", 8) &&
+        g_ascii_strncasecmp(to, "https://", 8)) {
+        snprintf(why, size, "refused to follow a redirect from https to "
+                 "plain http (%s)", shown);
+        return -EACCES;
+    }
+    trace_curl_may_redirect(s, shown, hops);
+    return 0;
+}
+
 /* Options every easy handle gets: where, how, and who we are */
 static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
                             CURLHeaders *headers, Error **errp)
 {
     ERRP_GUARD();
 
-    curl_setopt(easy, CURLOPT_URL, s->url, errp);
     curl_setopt(easy, CURLOPT_ERRORBUFFER, errbuf, errp);
     curl_setopt(easy, CURLOPT_HEADERFUNCTION, curl_header_cb, errp);
     curl_setopt(easy, CURLOPT_HEADERDATA, headers, errp);
     curl_setopt(easy, CURLOPT_NOSIGNAL, 1L, errp);
     curl_setopt(easy, CURLOPT_FAILONERROR, 1L, errp);
-    curl_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L, errp);
-    curl_setopt(easy, CURLOPT_MAXREDIRS, (long)CURL_MAX_REDIRECTS, errp);
     /*
-     * Only the four protocols the driver is for, redirects included: the
-     * more obscure ones have had their security problems (CVE-2013-0249).
+     * We follow redirects ourselves (curl_may_redirect()), to choose for
+     * each hop what credentials go with it.
+     */
+    curl_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L, errp);
+    /*
+     * Only the four protocols the driver is for: the more obscure ones
+     * have had their security problems (CVE-2013-0249).
      */
 #ifdef HAVE_CURLOPT_PROTOCOLS_STR
     curl_setopt(easy, CURLOPT_PROTOCOLS_STR, CURL_PROTOCOLS, errp);
-    curl_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, CURL_PROTOCOLS, errp);
 #else
     curl_setopt(easy, CURLOPT_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
-    curl_setopt(easy, CURLOPT_REDIR_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
 #endif
     /*
      * One transfer per connection, even where HTTP/2 is offered: links cap
@@ -406,7 +556,21 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
                 errp);
     curl_setopt(easy, CURLOPT_SSL_VERIFYPEER, (long)s->sslverify, errp);
     curl_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L, errp);
-    if (s->sslverify && curl_trust_bundle_only()) {
+    if (s->tls_ca) {
+        /* Exactly what the tls-creds object trusts */
+        curl_setopt(easy, CURLOPT_CAINFO, s->tls_ca, errp);
+        curl_setopt(easy, CURLOPT_CAPATH, (char *)NULL, errp);
+        if (s->tls_crl) {
+            curl_setopt(easy, CURLOPT_CRLFILE, s->tls_crl, errp);
+        }
+        if (s->tls_cert) {
+            curl_setopt(easy, CURLOPT_SSLCERT, s->tls_cert, errp);
+            curl_setopt(easy, CURLOPT_SSLKEY, s->tls_key, errp);
+        }
+        if (s->tls_key_password) {
+            curl_setopt(easy, CURLOPT_KEYPASSWD, s->tls_key_password, errp);
+        }
+    } else if (s->sslverify && curl_trust_bundle_only()) {
         curl_setopt(easy, CURLOPT_CAPATH, (char *)NULL, errp);
     }
     /*
@@ -418,22 +582,13 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     curl_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, s->timeout ? 1L : 0L, errp);
     curl_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long)s->timeout, errp);
     curl_setopt(easy, CURLOPT_SHARE, s->share, errp);
-    if (s->cookie) {
-        curl_setopt(easy, CURLOPT_COOKIE, s->cookie, errp);
-    }
-    if (s->username) {
-        curl_setopt(easy, CURLOPT_USERNAME, s->username, errp);
-    }
-    if (s->password) {
-        curl_setopt(easy, CURLOPT_PASSWORD, s->password, errp);
-    }
     if (s->proxy_username) {
         curl_setopt(easy, CURLOPT_PROXYUSERNAME, s->proxy_username, errp);
     }
     if (s->proxy_password) {
         curl_setopt(easy, CURLOPT_PROXYPASSWORD, s->proxy_password, errp);
     }
-    return !*errp;
+    return curl_aim(s, easy, s->url, errp);
 }
 
 /*
@@ -664,6 +819,21 @@ static bool curl_answer_is_pinned_file(BDRVCURLState *s, CURLHeaders *h)
     return true;
 }
 
+/* The Content-Length of the answer, or -1 if it has none */
+static int64_t curl_content_length(CURL *easy)
+{
+#ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
+    curl_off_t len = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+#else
+    double len = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
+#endif
+    return len < 0 ? -1 : len;
+}
+
 /* Check the answer before its first byte is stored */
 static bool curl_transfer_check_answer(CURLTransfer *t)
 {
@@ -689,6 +859,8 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
                                   h->content_encoding);
     }
     if (status == 206 && h->has_range) {
+        int64_t len = curl_content_length(t->easy);
+
         if (h->range_total != s->remote_len) {
             return curl_transfer_fail(t, -ESTALE, "the remote file "
                                       "changed: it has %" PRIu64 " bytes, "
@@ -701,6 +873,11 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
                                       "of bytes %" PRIu64 "-%" PRIu64,
                                       h->range_first, h->range_last,
                                       t->first, t->last);
+        }
+        if (len >= 0 && len != t->last - t->first + 1) {
+            return curl_transfer_fail(t, -EPROTO, "the server announced %"
+                                      PRId64 " bytes for a range of %"
+                                      PRIu64, len, t->last - t->first + 1);
         }
         return true;
     }
@@ -721,6 +898,9 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
     BDRVCURLState *s = t->s;
     size_t len = size * nmemb;
 
+    if (curl_is_redirect(t->headers.status)) {
+        return len;         /* the body of a redirect: followed when done */
+    }
     if (t->received == 0 && !curl_transfer_check_answer(t)) {
         return 0;
     }
@@ -763,9 +943,6 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
     curl_setopt(t->easy, CURLOPT_PRIVATE, t, errp);
     curl_setopt(t->easy, CURLOPT_WRITEFUNCTION, curl_write_cb, errp);
     curl_setopt(t->easy, CURLOPT_WRITEDATA, t, errp);
-    if (s->req_headers) {
-        curl_setopt(t->easy, CURLOPT_HTTPHEADER, s->req_headers, errp);
-    }
     return !*errp;
 }
 
@@ -776,6 +953,8 @@ static void curl_transfer_bind_locked(CURLTransfer *t,
     t->fetch = fetch;
     t->attempt = 0;
     t->fell_back = false;
+    t->hops = 0;
+    t->target = g_strdup(t->s->redirect_url);
     t->s->active++;
     t->s->active_readahead += fetch->readahead;
 }
@@ -785,8 +964,9 @@ static void curl_transfer_unbind_locked(CURLTransfer *t)
     t->s->active--;
     t->s->active_readahead -= t->fetch->readahead;
     t->fetch = NULL;
-    g_free(t->redirected);
-    t->redirected = NULL;
+    t->retry_at_ms = 0;
+    g_free(t->target);
+    t->target = NULL;
 }
 
 /* ftp:// or ftps:// */
@@ -803,6 +983,7 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     Error **errp = &local_err;
     CURLMcode mcode;
 
+    t->retry_at_ms = 0;
     range_cache_fetch_remote_range(&s->cache, t->fetch, &t->first, &t->last);
     /*
      * An FTP transfer cannot be told where to end: the server sends the
@@ -827,10 +1008,8 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     t->headers = (CURLHeaders) { 0 };
     t->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     t->progress_ns = t->start_ns;
-    g_free(t->redirected);
-    t->redirected = t->fell_back ? NULL : g_strdup(s->redirect_url);
 
-    curl_setopt(t->easy, CURLOPT_URL, t->redirected ?: s->url, errp);
+    curl_aim(s, t->easy, t->target ?: s->url, errp);
     curl_setopt(t->easy, CURLOPT_RANGE, t->range, errp);
     curl_setopt(t->easy, CURLOPT_FRESH_CONNECT,
                 (long)(t->attempt > 0 && curl_is_ftp(s)), errp);
@@ -854,15 +1033,22 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     return 0;
 }
 
-/* Tell the user about the first failure; the guest only sees an errno */
+/*
+ * Tell the user about the first failure that a read sees; the guest only
+ * sees an errno.  A readahead fetch that no read waits for fails quietly
+ * (the trace has it): a read of its bytes fetches them again.
+ */
 static void curl_report_failure_locked(BDRVCURLState *s, CURLTransfer *t,
                                        int ret)
 {
+    if (QTAILQ_EMPTY(&t->fetch->waiters)) {
+        return;
+    }
     if (!s->error_reported) {
         s->error_reported = true;
         error_report("curl: %s: reading bytes %" PRIu64 "-%" PRIu64
-                     " failed: %s (%s)", s->url, t->first, t->last, t->why,
-                     strerror(-ret));
+                     " failed: %s (%s)", s->url_shown, t->first, t->last,
+                     t->why, strerror(-ret));
     }
 }
 
@@ -871,7 +1057,8 @@ static bool curl_transfer_retryable(bool ftp, CURLcode code, long status,
                                     int ret)
 {
     if (code == CURLE_HTTP_RETURNED_ERROR) {
-        return status >= 500;
+        /* Server errors, a request timeout, and too many requests */
+        return status >= 500 || status == 408 || status == 429;
     }
     /*
      * FTP (where @status is the server's last reply): 4yz replies are
@@ -883,7 +1070,13 @@ static bool curl_transfer_retryable(bool ftp, CURLcode code, long status,
                 (status >= 400 && status < 500))) {
         return true;
     }
-    return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED;
+    /*
+     * A reset or refused connection, a stall, and an answer that was not
+     * what we asked for (a proxy in the way may have garbled it): the next
+     * answer is checked as well.  Not a file that changed (-ESTALE).
+     */
+    return ret == -ECONNRESET || ret == -ETIMEDOUT || ret == -ECONNREFUSED ||
+           ret == -EPROTO;
 }
 
 /* 0 if all that was asked for arrived, else -errno and why in t->why */
@@ -911,48 +1104,115 @@ static int curl_transfer_result(CURLTransfer *t, CURLcode result,
 
 /*
  * Where url redirected may have expired (a presigned object store URL, say):
- * ask url again, which follows the redirect anew.  Only once per attempt,
- * so that a redirect that keeps expiring is an error.  Other transfers sent
- * there fall back on their own.
+ * ask url again, which redirects anew.  Only once per fetch, so that a
+ * redirect that keeps expiring is an error.  Each transfer knows where it
+ * was sent: the others sent to the same place fall back on their own.
  */
 static bool curl_transfer_fall_back_locked(CURLTransfer *t, long status)
 {
     BDRVCURLState *s = t->s;
 
-    if (!t->redirected || t->fell_back) {
+    if (!t->target || t->fell_back) {
         return false;
     }
     trace_curl_transfer_fall_back_locked(s, t->first, t->last, status);
-    if (s->redirect_url && !strcmp(s->redirect_url, t->redirected)) {
+    if (s->redirect_url && !strcmp(s->redirect_url, t->target)) {
         g_free(s->redirect_url);
         s->redirect_url = NULL;
     }
+    g_free(t->target);
+    t->target = NULL;
+    t->hops = 0;
     t->fell_back = true;
     return true;
 }
 
-/* Whether to ask again for what @t did not get */
+/*
+ * How long to wait before retry number @attempt: what the server asked for,
+ * or twice as long as before, from CURL_RETRY_DELAY_MS on; each between
+ * half and all of it at random, so that transfers that failed together do
+ * not come back together
+ */
+static int64_t curl_retry_delay_ms(CURLTransfer *t, unsigned attempt)
+{
+    int64_t delay;
+
+    if (t->headers.http && t->headers.retry_after_ms >= 0) {
+        return MIN(t->headers.retry_after_ms, CURL_RETRY_MAX_DELAY_MS);
+    }
+    delay = MIN((int64_t)CURL_RETRY_DELAY_MS << MIN(attempt - 1, 16),
+                CURL_RETRY_MAX_DELAY_MS);
+    return delay / 2 + g_random_int_range(0, delay / 2 + 1);
+}
+
+/* Whether to ask again for what @t did not get, and set when */
 static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
                                        long status, int ret)
 {
     BDRVCURLState *s = t->s;
+    int64_t delay_ms;
 
     if (result == CURLE_HTTP_RETURNED_ERROR && status >= 400 &&
-        status < 500) {
+        status < 500 && status != 408 && status != 429) {
         return curl_transfer_fall_back_locked(t, status);
     }
-    if (t->attempt >= CURL_MAX_RETRIES ||
+    /* (all that was asked for arrived, but not only that) */
+    if (t->attempt >= s->retries || t->fetch->pos >= t->fetch->end ||
         !curl_transfer_retryable(curl_is_ftp(s), result, status, ret)) {
         return false;
     }
     t->attempt++;
     s->nb_retries++;
-    trace_curl_transfer_again_locked(s, t->first, t->last, t->attempt, ret,
-                                     t->why);
+    delay_ms = curl_retry_delay_ms(t, t->attempt);
+    t->retry_at_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + delay_ms;
+    trace_curl_transfer_again_locked(s, t->first, t->last, t->attempt,
+                                     delay_ms, ret, t->why);
     return true;
 }
 
-static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy);
+/* Run the retry timer for the first transfer that waits to ask again */
+static void curl_arm_retry_timer_locked(BDRVCURLState *s)
+{
+    int64_t first = INT64_MAX;
+    unsigned i;
+
+    for (i = 0; i < s->connections; i++) {
+        if (s->transfers[i].retry_at_ms) {
+            first = MIN(first, s->transfers[i].retry_at_ms);
+        }
+    }
+    if (first == INT64_MAX) {
+        timer_del(&s->retry_timer);
+    } else {
+        timer_mod(&s->retry_timer, first);
+    }
+}
+
+/*
+ * Follow a redirect that @t got: set its target to where it leads, or fail
+ * it and say why.  Credentials go along only where curl_aim() allows.
+ */
+static bool curl_transfer_follow_locked(CURLTransfer *t)
+{
+    BDRVCURLState *s = t->s;
+    char *where = NULL;
+    int ret;
+
+    curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &where);
+    if (!where) {
+        return curl_transfer_fail(t, -EPROTO, "the server answered HTTP "
+                                  "%ld with no Location", t->headers.status);
+    }
+    ret = curl_may_redirect(s, t->target ?: s->url, where, ++t->hops,
+                            t->why, sizeof(t->why));
+    if (ret < 0) {
+        t->ret = ret;
+        return false;
+    }
+    g_free(t->target);
+    t->target = g_strdup(where);
+    return true;
+}
 
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
 {
@@ -964,18 +1224,32 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_conns);
     curl_multi_remove_handle(s->multi, t->easy);
-    ret = curl_transfer_result(t, result, status);
+    if (result == CURLE_OK && t->headers.http && curl_is_redirect(status) &&
+        t->ret == 0) {
+        ret = curl_transfer_follow_locked(t) ? curl_transfer_submit_locked(t)
+                                             : t->ret;
+        if (ret == 0) {
+            return;
+        }
+    } else {
+        ret = curl_transfer_result(t, result, status);
+    }
 
     s->nb_transfers++;
     trace_curl_transfer_done_locked(s, t->first, t->last, t->received,
                                     (qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
                                      t->start_ns) / SCALE_US,
                                     new_conns, ret, t->why);
-    if (ret == 0 && !t->redirected && !s->redirect_url) {
-        /* url redirected again, after an expiry: go there directly */
-        curl_resolve_redirect(s, t->easy);
+    if (ret == 0 && t->hops && g_strcmp0(t->target, s->redirect_url)) {
+        /* url redirected elsewhere since open: go there directly */
+        g_free(s->redirect_url);
+        s->redirect_url = g_strdup(t->target);
     }
     if (ret < 0 && curl_transfer_again_locked(t, result, status, ret)) {
+        if (t->retry_at_ms) {
+            curl_arm_retry_timer_locked(s);
+            return;
+        }
         ret = curl_transfer_submit_locked(t);
         if (ret == 0) {
             return;
@@ -1058,7 +1332,7 @@ static void curl_watchdog_expired(void *opaque)
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
 
-        if (t->fetch &&
+        if (t->fetch && !t->retry_at_ms &&
             now - t->progress_ns > s->timeout * NANOSECONDS_PER_SECOND) {
             curl_transfer_fail(t, -ETIMEDOUT, "no data for %" PRIu64
                                " seconds", s->timeout);
@@ -1070,6 +1344,34 @@ static void curl_watchdog_expired(void *opaque)
         timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                   CURL_WATCHDOG_MS);
     }
+}
+
+/* Ask again for what the transfers whose time has come did not get */
+static void curl_retry_expired(void *opaque)
+{
+    BDRVCURLState *s = opaque;
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    unsigned i;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    for (i = 0; i < s->connections; i++) {
+        CURLTransfer *t = &s->transfers[i];
+        RangeCacheFetch *fetch = t->fetch;
+        int ret;
+
+        if (!fetch || !t->retry_at_ms || t->retry_at_ms > now) {
+            continue;
+        }
+        ret = curl_transfer_submit_locked(t);
+        if (ret < 0) {
+            curl_report_failure_locked(s, t, ret);
+            curl_transfer_unbind_locked(t);
+            /* Drops the lock while readers run */
+            range_cache_fetch_done_locked(&s->cache, fetch, ret);
+        }
+    }
+    curl_arm_retry_timer_locked(s);
+    curl_start_transfers_locked(s);
 }
 
 static void curl_start_bh(void *opaque)
@@ -1130,6 +1432,8 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                    curl_timer_expired, s);
     aio_timer_init(new_context, &s->watchdog, QEMU_CLOCK_REALTIME, SCALE_MS,
                    curl_watchdog_expired, s);
+    aio_timer_init(new_context, &s->retry_timer, QEMU_CLOCK_REALTIME,
+                   SCALE_MS, curl_retry_expired, s);
     s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
 
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
@@ -1143,6 +1447,7 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                 timer_mod(&s->watchdog, qemu_clock_get_ms(
                           QEMU_CLOCK_REALTIME) + CURL_WATCHDOG_MS);
             }
+            curl_arm_retry_timer_locked(s);
         }
         if (!QSIMPLEQ_EMPTY(&s->miss_queue) ||
             !QSIMPLEQ_EMPTY(&s->readahead_queue)) {
@@ -1163,6 +1468,7 @@ static void curl_detach_aio_context(BlockDriverState *bs)
     }
     timer_del(&s->timer);
     timer_del(&s->watchdog);
+    timer_del(&s->retry_timer);
     qemu_bh_delete(s->start_bh);
     s->start_bh = NULL;
 }
@@ -1190,7 +1496,7 @@ static QemuOptsList runtime_opts = {
             .name = CURL_OPT_BLOCKSIZE,
             .type = QEMU_OPT_SIZE,
             .help = "Size of the blocks of the cache, a power of two "
-                    "from 4k to 64M (default: 2M)",
+                    "from 4k to 64M (default: 64k)",
         },
         {
             .name = CURL_OPT_BLOCKCOUNT,
@@ -1249,6 +1555,24 @@ static QemuOptsList runtime_opts = {
             .name = CURL_OPT_PROXY_PASSWORD_SECRET,
             .type = QEMU_OPT_STRING,
             .help = "ID of a secret with the password for the proxy",
+        },
+        {
+            .name = CURL_OPT_HEADER_SECRET,
+            .type = QEMU_OPT_STRING,
+            .help = "ID of a secret with request headers to send, one per "
+                    "line, to the origin of the URL only",
+        },
+        {
+            .name = CURL_OPT_TLS_CREDS,
+            .type = QEMU_OPT_STRING,
+            .help = "ID of a tls-creds-x509 object (endpoint=client) whose CA "
+                    "is trusted and whose client certificate is presented",
+        },
+        {
+            .name = CURL_OPT_RETRIES,
+            .type = QEMU_OPT_NUMBER,
+            .help = "How often to ask again for a transfer that broke off, "
+                    "0 to 16 (default: 2)",
         },
         { /* end of list */ }
     },
@@ -1350,6 +1674,163 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
     return true;
 }
 
+/* @dir/@name if it exists; an error if it does not and is @required */
+static bool curl_tls_file(const char *id, const char *dir, const char *name,
+                          bool required, char **path, Error **errp)
+{
+    *path = g_build_filename(dir, name, NULL);
+    if (access(*path, R_OK) == 0) {
+        return true;
+    }
+    if (required || errno != ENOENT) {
+        error_setg_errno(errp, errno, "%s '%s': cannot read %s",
+                         CURL_OPT_TLS_CREDS, id, *path);
+        return false;
+    }
+    g_free(*path);
+    *path = NULL;
+    return true;
+}
+
+/*
+ * TLS as NBD and migration do it: a tls-creds-x509 object for a client
+ * endpoint, with its directory of ca-cert.pem, and client-cert.pem and
+ * client-key.pem if the server asks who we are
+ */
+static bool curl_parse_tls_creds(BDRVCURLState *s, QemuOpts *opts,
+                                 Error **errp)
+{
+    ERRP_GUARD();
+    const char *id = qemu_opt_get(opts, CURL_OPT_TLS_CREDS);
+    g_autofree char *dir = NULL;
+    g_autofree char *password_id = NULL;
+    Object *obj;
+
+    if (!id) {
+        return true;
+    }
+    if (!g_str_has_prefix(s->url, "https://") &&
+        !g_str_has_prefix(s->url, "ftps://")) {
+        error_setg(errp, "'%s' is for https and ftps only",
+                   CURL_OPT_TLS_CREDS);
+        return false;
+    }
+    if (!s->sslverify) {
+        error_setg(errp, "'%s' and '%s=off' cannot be used together",
+                   CURL_OPT_TLS_CREDS, CURL_OPT_SSLVERIFY);
+        return false;
+    }
+    obj = object_resolve_path_component(object_get_objects_root(), id);
+    if (!obj) {
+        error_setg(errp, "%s: no object with id '%s'", CURL_OPT_TLS_CREDS,
+                   id);
+        return false;
+    }
+    if (!object_dynamic_cast(obj, TYPE_QCRYPTO_TLS_CREDS_X509)) {
+        error_setg(errp, "%s: object '%s' is not a %s", CURL_OPT_TLS_CREDS,
+                   id, TYPE_QCRYPTO_TLS_CREDS_X509);
+        return false;
+    }
+    if (!qcrypto_tls_creds_check_endpoint(QCRYPTO_TLS_CREDS(obj),
+                                          QCRYPTO_TLS_CREDS_ENDPOINT_CLIENT,
+                                          errp)) {
+        error_prepend(errp, "%s: object '%s': ", CURL_OPT_TLS_CREDS, id);
+        return false;
+    }
+    if (!object_property_get_bool(obj, "verify-peer", &error_abort)) {
+        error_setg(errp, "%s: object '%s' has verify-peer=off, but the "
+                   "driver always verifies the server", CURL_OPT_TLS_CREDS,
+                   id);
+        return false;
+    }
+    dir = object_property_get_str(obj, "dir", &error_abort);
+    if (!dir || !*dir) {
+        error_setg(errp, "%s: object '%s' has no dir", CURL_OPT_TLS_CREDS,
+                   id);
+        return false;
+    }
+    if (!curl_tls_file(id, dir, QCRYPTO_TLS_CREDS_X509_CA_CERT, true,
+                       &s->tls_ca, errp) ||
+        !curl_tls_file(id, dir, QCRYPTO_TLS_CREDS_X509_CA_CRL, false,
+                       &s->tls_crl, errp) ||
+        !curl_tls_file(id, dir, QCRYPTO_TLS_CREDS_X509_CLIENT_CERT, false,
+                       &s->tls_cert, errp) ||
+        !curl_tls_file(id, dir, QCRYPTO_TLS_CREDS_X509_CLIENT_KEY,
+                       s->tls_cert != NULL, &s->tls_key, errp)) {
+        return false;
+    }
+    password_id = object_property_get_str(obj, "passwordid", &error_abort);
+    /* (an unset string property reads as "") */
+    if (password_id && *password_id && s->tls_key) {
+        s->tls_key_password = qcrypto_secret_lookup_as_utf8(password_id,
+                                                            errp);
+        return s->tls_key_password != NULL;
+    }
+    return true;
+}
+
+/* Whether @name is an HTTP field name (RFC 9110, token) */
+static bool curl_is_field_name(const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (!g_ascii_isalnum(name[i]) && !strchr("!#$%&'*+-.^_`|~", name[i])) {
+            return false;
+        }
+    }
+    return len > 0;
+}
+
+/*
+ * The headers of 'header-secret', one "Name: value" per line, go with every
+ * request to the origin of the URL.  Error messages name a line, never what
+ * it says.  Those that the driver sets itself cannot be replaced.
+ */
+static bool curl_parse_extra_headers(BDRVCURLState *s, Error **errp)
+{
+    static const char *const reserved[] = { "Range", "If-Range", "Host" };
+    g_auto(GStrv) lines = NULL;
+    unsigned i, j;
+
+    if (!s->extra_headers) {
+        return true;
+    }
+    lines = g_strsplit(s->extra_headers, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        char *line = g_strstrip(lines[i]);
+        const char *colon = strchr(line, ':');
+        const char *c;
+
+        if (!*line) {
+            continue;
+        }
+        if (!colon || !curl_is_field_name(line, colon - line)) {
+            error_setg(errp, "%s: line %u is not a header 'Name: value'",
+                       CURL_OPT_HEADER_SECRET, i + 1);
+            return false;
+        }
+        for (c = colon; *c; c++) {
+            if ((g_ascii_iscntrl(*c) && *c != '\t')) {
+                error_setg(errp, "%s: line %u has a control character",
+                           CURL_OPT_HEADER_SECRET, i + 1);
+                return false;
+            }
+        }
+        for (j = 0; j < ARRAY_SIZE(reserved); j++) {
+            if (colon - line == strlen(reserved[j]) &&
+                !g_ascii_strncasecmp(line, reserved[j], colon - line)) {
+                error_setg(errp, "%s: line %u sets %s, which the driver "
+                           "sets itself", CURL_OPT_HEADER_SECRET, i + 1,
+                           reserved[j]);
+                return false;
+            }
+        }
+        s->origin_headers = curl_slist_append(s->origin_headers, line);
+    }
+    return true;
+}
+
 static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
                                QDict *options, Error **errp)
 {
@@ -1369,12 +1850,15 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
     }
     if (!strstart(url, bs->drv->protocol_name, &rest) ||
         !strstart(rest, "://", NULL)) {
+        g_autofree char *shown = curl_url_shown(url);
+
         error_setg(errp, "%s curl driver cannot handle the URL '%s' (does "
-                   "not start with '%s://')", bs->drv->protocol_name, url,
+                   "not start with '%s://')", bs->drv->protocol_name, shown,
                    bs->drv->protocol_name);
         goto out;
     }
     s->url = g_strdup(url);
+    s->url_shown = curl_url_shown(url);
 
     s->timeout = qemu_opt_get_number(opts, CURL_OPT_TIMEOUT,
                                      CURL_DEFAULT_TIMEOUT);
@@ -1384,7 +1868,17 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
                        CURL_MAX_TIMEOUT);
         goto out;
     }
+    s->retries = qemu_opt_get_number(opts, CURL_OPT_RETRIES,
+                                     CURL_DEFAULT_RETRIES);
+    if (s->retries > CURL_MAX_RETRIES) {
+        curl_bad_value(opts, CURL_OPT_RETRIES, errp,
+                       "retries must be between 0 and %d", CURL_MAX_RETRIES);
+        goto out;
+    }
     s->sslverify = qemu_opt_get_bool(opts, CURL_OPT_SSLVERIFY, true);
+    if (!curl_parse_tls_creds(s, opts, errp)) {
+        goto out;
+    }
 
     cookie = qemu_opt_get(opts, CURL_OPT_COOKIE);
     if (cookie && qemu_opt_get(opts, CURL_OPT_COOKIE_SECRET)) {
@@ -1403,51 +1897,16 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
     if (!curl_get_secret(opts, CURL_OPT_PASSWORD_SECRET, &s->password,
                          errp) ||
         !curl_get_secret(opts, CURL_OPT_PROXY_PASSWORD_SECRET,
-                         &s->proxy_password, errp)) {
+                         &s->proxy_password, errp) ||
+        !curl_get_secret(opts, CURL_OPT_HEADER_SECRET, &s->extra_headers,
+                         errp) ||
+        !curl_parse_extra_headers(s, errp)) {
         goto out;
     }
     ok = true;
 out:
     qemu_opts_del(opts);
     return ok;
-}
-
-/* Whether @a and @b have the same scheme, host and port */
-static bool curl_same_origin(const char *a, const char *b)
-{
-    g_autoptr(GUri) ua = g_uri_parse(a, G_URI_FLAGS_NONE, NULL);
-    g_autoptr(GUri) ub = g_uri_parse(b, G_URI_FLAGS_NONE, NULL);
-
-    return ua && ub &&
-           !g_ascii_strcasecmp(g_uri_get_scheme(ua), g_uri_get_scheme(ub)) &&
-           !g_ascii_strcasecmp(g_uri_get_host(ua) ?: "",
-                               g_uri_get_host(ub) ?: "") &&
-           g_uri_get_port(ua) == g_uri_get_port(ub);
-}
-
-/*
- * A URL that redirects would cost every transfer a second round trip: ask
- * where it led once, when @easy followed it, and send transfers there
- * directly.  Credentials and cookies only go where libcurl would have sent
- * them, to the same origin.
- */
-static void curl_resolve_redirect(BDRVCURLState *s, CURL *easy)
-{
-    long redirects = 0;
-    char *where = NULL;
-    bool use;
-
-    curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
-    curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &where);
-    if (redirects == 0 || !where) {
-        return;
-    }
-    use = !(s->username || s->password || s->cookie) ||
-          curl_same_origin(s->url, where);
-    trace_curl_resolve_redirect(s, where, redirects, use);
-    if (use) {
-        s->redirect_url = g_strdup(where);
-    }
 }
 
 /*
@@ -1475,13 +1934,16 @@ static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
         return;
     }
     if_range = g_strdup_printf("If-Range: %s", s->validator);
-    s->req_headers = curl_slist_append(NULL, if_range);
+    s->origin_headers = curl_slist_append(s->origin_headers, if_range);
+    s->other_headers = curl_slist_append(s->other_headers, if_range);
 }
 
 /* What a look at the remote file found */
 typedef struct CURLProbe {
     CURLHeaders headers;
     bool range_get;             /* asking for the first byte */
+    char *where;                /* where url redirected, or NULL */
+    unsigned hops;              /* in so many redirects */
     uint64_t body;              /* body bytes the server sent */
     long status;
     CURLcode code;
@@ -1498,30 +1960,62 @@ static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
      * callback too: ignore it.  A range request asks for one byte: a
      * server sending more ignores ranges, so stop it.
      */
+    if (curl_is_redirect(p->headers.status)) {
+        return size * nmemb;
+    }
     p->body += size * nmemb;
     return p->range_get && p->body > 1 ? 0 : size * nmemb;
 }
 
-/* Run the request set up on @easy; 0, or -errno and why in @errp */
+/*
+ * Run the request set up on @easy, following redirects; 0, or -errno and
+ * why in @errp
+ */
 static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
                               const char *what, Error **errp)
 {
     char why[CURL_ERROR_SIZE + 64];
+    char *where;
+    int ret;
 
-    p->body = 0;
-    p->errbuf[0] = '\0';
-    p->status = 0;
-    p->code = curl_easy_perform(easy);
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &p->status);
-    trace_curl_probe_perform(s, what, p->code, p->status,
-                             p->headers.accept_ranges);
-    if (p->code == CURLE_OK ||
-        (p->range_get && p->code == CURLE_WRITE_ERROR)) {
-        return 0;
+    for (;;) {
+        p->body = 0;
+        p->errbuf[0] = '\0';
+        p->status = 0;
+        p->code = curl_easy_perform(easy);
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &p->status);
+        trace_curl_probe_perform(s, what, p->code, p->status,
+                                 p->headers.accept_ranges);
+        if (p->code != CURLE_OK &&
+            !(p->range_get && p->code == CURLE_WRITE_ERROR)) {
+            curl_describe(p->code, p->status, p->errbuf, why, sizeof(why));
+            error_setg(errp, "%s", why);
+            return curl_errno(p->code, p->status);
+        }
+        if (!p->headers.http || !curl_is_redirect(p->status)) {
+            return 0;    /* (FTP replies have 3yz codes of their own) */
+        }
+
+        where = NULL;
+        curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &where);
+        if (!where) {
+            error_setg(errp, "the server answered HTTP %ld with no Location",
+                       p->status);
+            return -EPROTO;
+        }
+        ret = curl_may_redirect(s, p->where ?: s->url, where, ++p->hops,
+                                why, sizeof(why));
+        if (ret < 0) {
+            error_setg(errp, "%s", why);
+            return ret;
+        }
+        where = g_strdup(where);
+        g_free(p->where);
+        p->where = where;
+        if (!curl_aim(s, easy, p->where, errp)) {
+            return -EIO;
+        }
     }
-    curl_describe(p->code, p->status, p->errbuf, why, sizeof(why));
-    error_setg(errp, "%s", why);
-    return curl_errno(p->code, p->status);
 }
 
 /*
@@ -1566,21 +2060,6 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
     return 0;
 }
 
-/* The length HEAD reported, or -1 */
-static int64_t curl_probe_length(CURL *easy)
-{
-#ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
-    curl_off_t len = -1;
-
-    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-#else
-    double len = -1;
-
-    curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD, &len);
-#endif
-    return len < 0 ? -1 : len;
-}
-
 /* What the remote file's length is, and that we can read ranges of it */
 static int curl_probe(BDRVCURLState *s, Error **errp)
 {
@@ -1606,8 +2085,9 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
     }
 
     ret = curl_probe_perform(s, easy, p, "HEAD", &head_err);
-    len = curl_probe_length(easy);
-    if (ret < 0 && h->http && !curl_status_is_final(p->status)) {
+    len = curl_content_length(easy);
+    if (ret < 0 && h->http && !curl_status_is_final(p->status) &&
+        !curl_is_redirect(p->status)) {
         /* HEAD refused: GET will tell */
         error_free(head_err);
         ret = curl_probe_range(s, easy, p, errp);
@@ -1626,9 +2106,11 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         goto out;
     }
 
-    curl_resolve_redirect(s, easy);
+    /* Transfers go straight to where url led, saving a round trip each */
+    s->redirect_url = g_steal_pointer(&p->where);
     curl_set_validator(s, h);
 out:
+    g_free(p->where);
     curl_easy_cleanup(easy);
     return ret;
 }
@@ -1701,13 +2183,14 @@ static void curl_free_state(BDRVCURLState *s)
         if (s->transfers[i].easy) {
             curl_easy_cleanup(s->transfers[i].easy);
         }
-        g_free(s->transfers[i].redirected);
+        g_free(s->transfers[i].target);
     }
     g_free(s->transfers);
     if (s->multi) {
         curl_multi_cleanup(s->multi);
     }
-    curl_slist_free_all(s->req_headers);
+    curl_slist_free_all(s->origin_headers);
+    curl_slist_free_all(s->other_headers);
     if (s->share) {
         curl_share_cleanup(s->share);
     }
@@ -1715,6 +2198,13 @@ static void curl_free_state(BDRVCURLState *s)
     g_free(s->last_modified);
     g_free(s->redirect_url);
     g_free(s->url);
+    g_free(s->url_shown);
+    g_free(s->tls_ca);
+    g_free(s->tls_crl);
+    g_free(s->tls_cert);
+    g_free(s->tls_key);
+    g_free(s->tls_key_password);
+    g_free(s->extra_headers);
     g_free(s->cookie);
     g_free(s->username);
     g_free(s->password);
@@ -1836,7 +2326,7 @@ static int curl_open(BlockDriverState *bs, QDict *options, int flags,
         goto fail;
     }
     curl_attach_aio_context(bs, bdrv_get_aio_context(bs));
-    trace_curl_open(s, s->url, s->cache.length, s->remote_offset,
+    trace_curl_open(s, s->url_shown, s->cache.length, s->remote_offset,
                     s->blocksize, s->blockcount, s->connections,
                     s->readahead);
     curl_warm_up(s);
@@ -1935,7 +2425,8 @@ static void curl_refresh_filename(BlockDriverState *bs)
      * how we may access it.  The cache options do neither.
      */
     if (!s->sslverify || s->remote_offset || s->cookie || s->username ||
-        s->password || s->proxy_username || s->proxy_password) {
+        s->password || s->proxy_username || s->proxy_password ||
+        s->extra_headers || s->tls_ca) {
         return;
     }
     pstrcpy(bs->exact_filename, sizeof(bs->exact_filename), s->url);
@@ -1951,6 +2442,8 @@ static const char *const curl_strong_runtime_opts[] = {
     CURL_OPT_PASSWORD_SECRET,
     CURL_OPT_PROXY_USERNAME,
     CURL_OPT_PROXY_PASSWORD_SECRET,
+    CURL_OPT_HEADER_SECRET,
+    CURL_OPT_TLS_CREDS,
 
     NULL
 };
