@@ -7,8 +7,9 @@
 # binaries are, runs the servers the driver talks to (Debian's nginx
 # over HTTP and HTTPS, pyftpdlib over FTP and implicit FTPS, and the
 # fault-injecting range server of tests/qemu-iotests/range_server.py),
-# makes deterministic test images, runs commands with timeouts, and
-# drives qemu-system-x86_64 and qemu-storage-daemon over QMP.
+# makes deterministic test images and certificates of private CAs (with
+# the openssl CLI), runs commands with timeouts, and drives
+# qemu-system-x86_64 and qemu-storage-daemon over QMP.
 #
 # Everything listens on 127.0.0.1 only, on free ports, and keeps its
 # files in private temporary directories that are removed afterwards.
@@ -19,10 +20,14 @@ Main entry points:
 * :class:`Binaries` -- the QEMU binaries under test (patched or stock).
 * :func:`run` -- run a command with a timeout, capturing its output.
 * :class:`Nginx`, :class:`FtpServer`, :class:`RangeServer` -- servers.
+* :class:`PrivateCA`, :func:`make_tls_creds_dir` -- certificates nobody
+  trusts, and directories for QEMU's tls-creds-x509 objects.
 * :func:`make_test_image`, :func:`make_qcow2`, :func:`shared_images`
   -- deterministic test images and their checksums.
 * :class:`QemuSystem`, :class:`StorageDaemon` -- QEMU processes driven
   over QMP.
+* :class:`NbdClient` -- a minimal NBD client that puts reads in flight
+  exactly when a test wants.
 
 Environment variables:
 
@@ -48,6 +53,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -82,13 +88,17 @@ from range_server import RangeServer  # noqa: E402  pylint: disable=C0413
 __all__ = [
     'COMMAND_TIMEOUT', 'HOST', 'KiB', 'MiB', 'QMP_TIMEOUT', 'START_TIMEOUT',
     'ImageSet', 'QemuProcessError', 'port_open', 'Binaries', 'CmdResult', 'CommandFailed', 'CommandTimeout', 'FtpServer',
+    'CertPair', 'PrivateCA', 'make_tls_creds_dir', 'TLS_CREDS_CA_CERT',
+    'TLS_CREDS_CLIENT_CERT', 'TLS_CREDS_CLIENT_KEY', 'TLS_CREDS_SERVER_CERT',
+    'TLS_CREDS_SERVER_KEY',
     'MissingPrerequisite', 'Nginx', 'QemuProcess', 'QemuSystem',
     'PatternRegion', 'RangeServer', 'StorageDaemon', 'TarMember', 'TestImage',
     'binaries', 'build_dir', 'free_port', 'get_ca_dir', 'make_pattern_image',
     'make_qcow2', 'make_tar', 'make_tempdir', 'make_test_image',
-    'nbd_unix_uri', 'parse_byte_range', 'parse_hexdump', 'read_bytes',
+    'NbdClient', 'NbdDisconnected', 'NbdReply', 'nbd_unix_uri',
+    'parse_byte_range', 'parse_hexdump', 'read_bytes',
     'remove_tree', 'run', 'sha256_file', 'shared_images',
-    'standard_pattern_regions', 'wait_for',
+    'standard_pattern_regions', 'vm_rss', 'wait_for',
 ]
 
 
@@ -643,6 +653,186 @@ def shared_images(size: int = DEFAULT_IMAGE_SIZE,
 
 
 # ---------------------------------------------------------------------------
+# Private certificate authorities
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CertPair:
+    """A certificate and its private key, PEM files."""
+
+    cert: Path
+    key: Path
+
+
+#: The file names of QEMU's tls-creds-x509 directory layout
+TLS_CREDS_CA_CERT = 'ca-cert.pem'
+TLS_CREDS_CLIENT_CERT = 'client-cert.pem'
+TLS_CREDS_CLIENT_KEY = 'client-key.pem'
+TLS_CREDS_SERVER_CERT = 'server-cert.pem'
+TLS_CREDS_SERVER_KEY = 'server-key.pem'
+
+
+def make_tls_creds_dir(path: Union[str, Path], ca_cert: Union[str, Path],
+                       client: Optional[CertPair] = None,
+                       server: Optional[CertPair] = None) -> Path:
+    """Make a directory in the layout of QEMU's tls-creds-x509 object.
+
+    It holds a copy of @ca_cert as ca-cert.pem and, if given, of @client
+    as client-cert.pem and client-key.pem and of @server as
+    server-cert.pem and server-key.pem: what ``--object
+    tls-creds-x509,id=ID,dir=PATH,endpoint=client`` (or server) loads.
+    Return its path.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca_cert, path / TLS_CREDS_CA_CERT)
+    if client is not None:
+        shutil.copyfile(client.cert, path / TLS_CREDS_CLIENT_CERT)
+        shutil.copyfile(client.key, path / TLS_CREDS_CLIENT_KEY)
+    if server is not None:
+        shutil.copyfile(server.cert, path / TLS_CREDS_SERVER_CERT)
+        shutil.copyfile(server.key, path / TLS_CREDS_SERVER_KEY)
+    return path
+
+
+class PrivateCA:
+    """A throwaway certificate authority, made with the openssl CLI.
+
+    Nothing trusts it: neither the system's store nor the test CA that
+    scripts/with-test-ca.sh adds to it, so a client must be told about
+    it (e.g. with a tls-creds-x509 object, or ``curl --cacert``).  All
+    its files live in @directory (which the caller owns and removes):
+    its key and certificate (:attr:`cert`, a CA with keyCertSign),
+    the database of ``openssl ca``, and every certificate it issues,
+    in files named after the certificate.  Keys are ECDSA P-256, quick
+    to make; private keys are readable by all (for nginx workers: these
+    are test keys in private directories).
+
+    Certificates are signed with ``openssl ca``, whose -startdate and
+    -enddate set any validity, in the past too: an expired certificate
+    needs no faked clock (OpenSSL 3.0's ``x509 -req`` only has -days).
+    """
+
+    _CONFIG = '''# openssl ca configuration of a private test CA
+[ca]
+default_ca = ca_default
+[ca_default]
+database = {d}/index.txt
+new_certs_dir = {d}/issued
+certificate = {d}/ca.pem
+private_key = {d}/ca.key
+serial = {d}/serial
+default_md = sha256
+default_days = 3650
+policy = policy_any
+unique_subject = no
+email_in_dn = no
+copy_extensions = none
+[policy_any]
+commonName = supplied
+'''
+
+    def __init__(self, directory: Union[str, Path],
+                 name: str = 'qemu-curl private test CA') -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / 'issued').mkdir(exist_ok=True)
+        (self.directory / 'ca.cnf').write_text(
+            self._CONFIG.format(d=self.directory.resolve()),
+            encoding='utf-8')
+        (self.directory / 'index.txt').write_bytes(b'')
+        (self.directory / 'serial').write_text('1000\n', encoding='ascii')
+        self._openssl('req', '-x509', *self._new_key(self.key),
+                      '-days', '3650', '-sha256', '-subj', f'/CN={name}',
+                      '-out', self.cert,
+                      '-addext', 'basicConstraints=critical,CA:TRUE',
+                      '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
+
+    @property
+    def cert(self) -> Path:
+        """The CA's certificate (PEM)."""
+        return self.directory / 'ca.pem'
+
+    @property
+    def key(self) -> Path:
+        """The CA's private key (PEM)."""
+        return self.directory / 'ca.key'
+
+    @staticmethod
+    def _new_key(key: Path) -> List[Union[str, Path]]:
+        """The ``openssl req`` options that make a new key in @key."""
+        return ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                '-nodes', '-keyout', key]
+
+    @staticmethod
+    def _openssl(*args: Union[str, Path]) -> None:
+        """Run openssl; raise CommandFailed with its output if it fails."""
+        if shutil.which('openssl') is None:
+            raise MissingPrerequisite('openssl not found: '
+                                      'apt-get install openssl')
+        run(['openssl', *args], check=True)
+
+    def issue(self, name: str, subject_alt_names: Sequence[str] = (),
+              client: bool = False, not_before: Optional[str] = None,
+              not_after: Optional[str] = None) -> CertPair:
+        """Issue a certificate with a new key; return both files.
+
+        @name is the file name stem (NAME.pem, NAME.key) and the subject's
+        CN.  @subject_alt_names are subjectAltName entries such as
+        'IP:127.0.0.1' or 'DNS:wrong.example'.  The certificate is for a
+        TLS server (extendedKeyUsage serverAuth) or, with @client, a TLS
+        client (clientAuth).  @not_before and @not_after are its validity
+        as YYYYMMDDHHMMSSZ (default: from now, for ten years).
+        """
+        lines = ['basicConstraints=critical,CA:FALSE',
+                 'keyUsage=critical,digitalSignature',
+                 'extendedKeyUsage=' + ('clientAuth' if client
+                                        else 'serverAuth')]
+        if subject_alt_names:
+            lines.append('subjectAltName=' + ','.join(subject_alt_names))
+        d = self.directory
+        (d / f'{name}.ext').write_text('\n'.join(lines) + '\n',
+                                       encoding='ascii')
+        pair = CertPair(d / f'{name}.pem', d / f'{name}.key')
+        self._openssl('req', *self._new_key(pair.key), '-sha256',
+                      '-subj', f'/CN={name}', '-out', d / f'{name}.csr')
+        dates: List[str] = []
+        if not_before:
+            dates += ['-startdate', not_before]
+        if not_after:
+            dates += ['-enddate', not_after]
+        self._openssl('ca', '-batch', '-notext', '-config', d / 'ca.cnf',
+                      '-in', d / f'{name}.csr', '-out', pair.cert,
+                      '-extfile', d / f'{name}.ext', *dates)
+        pair.key.chmod(0o644)
+        return pair
+
+    def server_cert(self, name: str, subject_alt_names: Sequence[str],
+                    expired: bool = False) -> CertPair:
+        """Issue a TLS server certificate for @subject_alt_names.
+
+        With @expired, it was valid for January 2020 only.
+        """
+        if expired:
+            return self.issue(name, subject_alt_names,
+                              not_before='20200101000000Z',
+                              not_after='20200201000000Z')
+        return self.issue(name, subject_alt_names)
+
+    def client_cert(self, name: str) -> CertPair:
+        """Issue a TLS client certificate (extendedKeyUsage clientAuth)."""
+        return self.issue(name, client=True)
+
+    def tls_creds_dir(self, path: Union[str, Path],
+                      client: Optional[CertPair] = None,
+                      server: Optional[CertPair] = None) -> Path:
+        """A tls-creds-x509 directory that trusts this CA: see
+        :func:`make_tls_creds_dir`."""
+        return make_tls_creds_dir(path, self.cert, client, server)
+
+
+# ---------------------------------------------------------------------------
 # nginx
 # ---------------------------------------------------------------------------
 
@@ -662,10 +852,15 @@ class Nginx:
     It runs in the foreground (``daemon off``) with all its files (the
     configuration, logs, pid and temporary directories) in a private
     temporary directory, listens on 127.0.0.1 on two free ports (HTTPS
-    with ca_dir/server.pem, or untrusted.pem if @untrusted; and plain
-    HTTP), serves @root with sendfile, and logs every request as JSON
-    (see :meth:`access_log`).  With @http2, the HTTPS port also speaks
-    HTTP/2 (negotiated with ALPN).
+    with ca_dir/server.pem, or untrusted.pem if @untrusted, or the
+    certificate @cert with its key @key; and plain HTTP), serves @root
+    with sendfile, and logs every request as JSON (see
+    :meth:`access_log`).  With @http2, the HTTPS port also speaks
+    HTTP/2 (negotiated with ALPN).  With @client_ca (a CA certificate
+    file), HTTPS clients must present a certificate it signed
+    (``ssl_verify_client on``): nginx answers a request without one
+    with 400 "No required SSL certificate was sent", and one with a
+    certificate it cannot verify with 400 "The SSL certificate error".
 
     Use it as a context manager, or call start() and stop().
     """
@@ -683,9 +878,22 @@ class Nginx:
     def __init__(self, root: Union[str, Path],
                  ca_dir: Optional[Union[str, Path]] = None,
                  http2: bool = False, untrusted: bool = False,
-                 workers: int = 1, binary: str = 'nginx') -> None:
+                 workers: int = 1, binary: str = 'nginx',
+                 cert: Optional[Union[str, Path]] = None,
+                 key: Optional[Union[str, Path]] = None,
+                 client_ca: Optional[Union[str, Path]] = None) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError('Nginx: give both cert and key, or neither')
+        if cert is not None and untrusted:
+            raise ValueError('Nginx: cert and untrusted exclude each other')
         self.root = Path(root).resolve()
-        self.ca_dir = Path(ca_dir) if ca_dir else get_ca_dir()
+        self.cert = Path(cert).resolve() if cert is not None else None
+        self.key = Path(key).resolve() if key is not None else None
+        self.client_ca = (Path(client_ca).resolve() if client_ca is not None
+                          else None)
+        # The test CA is needed only for its certificates
+        self.ca_dir = Path(ca_dir) if ca_dir else (
+            get_ca_dir() if cert is None else None)
         self.http2 = http2
         self.untrusted = untrusted
         self.workers = workers
@@ -775,8 +983,18 @@ class Nginx:
         d = self.dir
         for sub in ('body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'):
             (d / sub).mkdir(exist_ok=True)
-        cert, key = (('untrusted.pem', 'untrusted.key') if self.untrusted
-                     else ('server.pem', 'server.key'))
+        if self.cert is not None and self.key is not None:
+            cert, key = self.cert, self.key
+        else:
+            assert self.ca_dir is not None
+            cert, key = ((self.ca_dir / 'untrusted.pem',
+                          self.ca_dir / 'untrusted.key') if self.untrusted
+                         else (self.ca_dir / 'server.pem',
+                               self.ca_dir / 'server.key'))
+        client_auth = ''
+        if self.client_ca is not None:
+            client_auth = (f'ssl_verify_client on;\n'
+                           f'        ssl_client_certificate {self.client_ca};')
         user = ''
         if os.geteuid() == 0:
             # As root, nginx hands its temporary directories and workers to
@@ -815,8 +1033,9 @@ http {{
         listen {HOST}:{self.https_port} ssl{h2};
         listen {HOST}:{self.http_port};
         server_name localhost 127.0.0.1;
-        ssl_certificate {self.ca_dir / cert};
-        ssl_certificate_key {self.ca_dir / key};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        {client_auth}
         root {self.root};
         location / {{ }}
     }}
@@ -917,20 +1136,27 @@ class FtpServer:
 
     Anonymous by default, or with @user and @password.  With @refuse_rest,
     the first REST to each position is answered with a transient error.  With @tls it
-    speaks implicit FTPS with ca_dir/server.pem: the ftps:// of libcurl
-    and QEMU.  Data connections use passive mode on free ports.
+    speaks implicit FTPS with ca_dir/server.pem, or with the certificate
+    @cert and its key @key: the ftps:// of libcurl and QEMU.  Data
+    connections use passive mode on free ports.
     """
 
     def __init__(self, root: Union[str, Path], tls: bool = False,
                  ca_dir: Optional[Union[str, Path]] = None,
                  user: Optional[str] = None,
                  password: Optional[str] = None,
-                 refuse_rest: bool = False) -> None:
+                 refuse_rest: bool = False,
+                 cert: Optional[Union[str, Path]] = None,
+                 key: Optional[Union[str, Path]] = None) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError('FtpServer: give both cert and key, or neither')
         self.root = Path(root).resolve()
         self.tls = tls
         self.refuse_rest = refuse_rest
+        self.cert = Path(cert).resolve() if cert is not None else None
+        self.key = Path(key).resolve() if key is not None else None
         self.ca_dir = Path(ca_dir) if ca_dir else (
-            get_ca_dir() if tls else None)
+            get_ca_dir() if tls and cert is None else None)
         self.user = user
         self.password = password
         self.port = 0
@@ -958,9 +1184,13 @@ class FtpServer:
         if self.refuse_rest:
             args += ['--refuse-rest']
         if self.tls:
-            assert self.ca_dir is not None
-            args += ['--tls-cert', str(self.ca_dir / 'server.pem'),
-                     '--tls-key', str(self.ca_dir / 'server.key'),
+            if self.cert is not None and self.key is not None:
+                cert, key = self.cert, self.key
+            else:
+                assert self.ca_dir is not None
+                cert = self.ca_dir / 'server.pem'
+                key = self.ca_dir / 'server.key'
+            args += ['--tls-cert', str(cert), '--tls-key', str(key),
                      '--tls-data-required']
         with open(self.dir / 'stderr.log', 'wb') as stderr:
             # Reaped in stop()  # pylint: disable=consider-using-with
@@ -1197,6 +1427,23 @@ class QemuProcess:
                             f'{result!r}')
         return str(result['error'].get('desc', result['error']))
 
+    def cmd_or_error(self, command: str,
+                     **args: Any) -> Tuple[Any, Optional[str]]:
+        """Run a QMP command that may fail.
+
+        Return (its result, None) if it succeeds, (None, the error's
+        description) if QEMU refuses it.  A lost connection or a timeout
+        raise QemuProcessError, as in :meth:`cmd`.
+        """
+        arguments = {k.replace('_', '-'): v for k, v in args.items()}
+        try:
+            result = self._qmp.cmd_raw(command, arguments)
+        except Exception as err:  # pylint: disable=broad-except
+            raise self.fail(f'QMP {command} failed to run: {err!r}') from err
+        if 'error' in result:
+            return None, str(result['error'].get('desc', result['error']))
+        return result.get('return'), None
+
     def hmp(self, command_line: str) -> str:
         """Run an HMP command through QMP and return its output."""
         return str(self.cmd('human-monitor-command',
@@ -1254,6 +1501,13 @@ class QemuProcess:
             raise self.fail(message)
         self._proc = None
         return self.exitcode
+
+    @property
+    def pid(self) -> int:
+        """The process id (while the process runs)."""
+        if self._proc is None:
+            raise self.fail('not running')
+        return self._proc.pid
 
     def exited(self) -> bool:
         """Tell whether the process has ended (or was never started)."""
@@ -1325,6 +1579,177 @@ class StorageDaemon(QemuProcess):
 def nbd_unix_uri(export: str, socket_path: Union[str, Path]) -> str:
     """The NBD URI of export @export on the UNIX socket @socket_path."""
     return f'nbd+unix:///{export}?socket={socket_path}'
+
+
+class NbdDisconnected(ConnectionError):
+    """The NBD server closed the connection (or it broke)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NbdReply:
+    """The answer to one NBD read: @data if @error is 0."""
+
+    cookie: int
+    offset: int
+    length: int
+    error: int
+    data: bytes
+
+
+class NbdClient:
+    """A minimal NBD client on a UNIX socket, for reads only.
+
+    The fixed newstyle handshake with NBD_OPT_GO, then NBD_CMD_READ
+    requests answered with simple replies (no structured replies are
+    negotiated).  Unlike qemu-img or qemu-io, it lets a test decide
+    exactly when a read is sent (:meth:`send_read` only sends it) and
+    when its answer is taken (:meth:`reply`), so reads can be put in
+    flight in any number, on any number of connections, at a chosen
+    moment.  A closed connection raises :class:`NbdDisconnected`; every
+    socket operation has a timeout (socket.timeout, an OSError).
+    """
+
+    MAGIC = 0x4e42444d41474943            # "NBDMAGIC"
+    OPTS_MAGIC = 0x49484156454f5054       # "IHAVEOPT"
+    REP_MAGIC = 0x3e889045565a9
+    REQUEST_MAGIC = 0x25609513
+    SIMPLE_REPLY_MAGIC = 0x67446698
+    FLAG_FIXED_NEWSTYLE = 1
+    FLAG_NO_ZEROES = 2
+    OPT_GO = 7
+    REP_ACK = 1
+    REP_INFO = 3
+    INFO_EXPORT = 0
+    CMD_READ = 0
+    CMD_DISC = 2
+
+    def __init__(self, path: Union[str, Path], export: str,
+                 timeout: float = QMP_TIMEOUT) -> None:
+        self.path = str(path)
+        self.export = export
+        self.timeout = timeout
+        self.size = -1
+        self.sock: Optional[socket.socket] = None
+        self._next_cookie = 1
+        self._pending: Dict[int, Tuple[int, int]] = {}
+
+    def __enter__(self) -> 'NbdClient':
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _recv(self, length: int) -> bytes:
+        assert self.sock is not None
+        chunks = []
+        while length:
+            try:
+                chunk = self.sock.recv(min(length, 4 * MiB))
+            except (ConnectionResetError, BrokenPipeError) as err:
+                raise NbdDisconnected(f'NBD connection broken: {err}') \
+                    from err
+            if not chunk:
+                raise NbdDisconnected('the NBD server closed the connection')
+            chunks.append(chunk)
+            length -= len(chunk)
+        return b''.join(chunks)
+
+    def _send(self, data: bytes) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError) as err:
+            raise NbdDisconnected(f'NBD connection broken: {err}') from err
+
+    def connect(self) -> None:
+        """Connect and negotiate export @export; set :attr:`size`.
+
+        When this returns, the server has attached the connection to the
+        export.
+        """
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+        magic, opts_magic, flags = struct.unpack('>QQH', self._recv(18))
+        if magic != self.MAGIC or opts_magic != self.OPTS_MAGIC or \
+                not flags & self.FLAG_FIXED_NEWSTYLE:
+            raise ConnectionError(f'not a fixed newstyle NBD server: '
+                                  f'{magic:#x} {opts_magic:#x} {flags:#x}')
+        client_flags = self.FLAG_FIXED_NEWSTYLE | (flags &
+                                                   self.FLAG_NO_ZEROES)
+        name = self.export.encode()
+        data = struct.pack('>I', len(name)) + name + struct.pack('>H', 0)
+        self._send(struct.pack('>IQII', client_flags, self.OPTS_MAGIC,
+                               self.OPT_GO, len(data)) + data)
+        while True:
+            magic, option, kind, length = struct.unpack('>QIII',
+                                                        self._recv(20))
+            payload = self._recv(length)
+            if magic != self.REP_MAGIC or option != self.OPT_GO:
+                raise ConnectionError(f'bad NBD option reply {magic:#x} '
+                                      f'for option {option}')
+            if kind == self.REP_ACK:
+                break
+            if kind & 0x80000000:
+                raise ConnectionError(f'NBD_OPT_GO {self.export!r} refused '
+                                      f'({kind:#x}): {payload[4:]!r}')
+            if kind == self.REP_INFO and length >= 12 and \
+                    struct.unpack('>H', payload[:2])[0] == self.INFO_EXPORT:
+                self.size = struct.unpack('>Q', payload[2:10])[0]
+
+    def send_read(self, offset: int, length: int) -> int:
+        """Send a read of @length bytes at @offset; return its cookie."""
+        cookie = self._next_cookie
+        self._next_cookie += 1
+        self._pending[cookie] = (offset, length)
+        self._send(struct.pack('>IHHQQI', self.REQUEST_MAGIC, 0,
+                               self.CMD_READ, cookie, offset, length))
+        return cookie
+
+    @property
+    def pending(self) -> int:
+        """How many reads sent have not been answered yet."""
+        return len(self._pending)
+
+    def reply(self) -> NbdReply:
+        """Wait for the next answer to one of the reads sent."""
+        magic, error, cookie = struct.unpack('>IIQ', self._recv(16))
+        if magic != self.SIMPLE_REPLY_MAGIC or cookie not in self._pending:
+            raise ConnectionError(f'bad NBD reply: magic {magic:#x}, '
+                                  f'cookie {cookie}')
+        # A read whose data is cut off stays pending
+        offset, length = self._pending[cookie]
+        data = b'' if error else self._recv(length)
+        del self._pending[cookie]
+        return NbdReply(cookie, offset, length, error, data)
+
+    def read(self, offset: int, length: int) -> NbdReply:
+        """Send one read and wait for its answer."""
+        self.send_read(offset, length)
+        return self.reply()
+
+    def close(self) -> None:
+        """Say goodbye (NBD_CMD_DISC) if the connection is up; close it."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendall(struct.pack('>IHHQQI', self.REQUEST_MAGIC, 0,
+                                          self.CMD_DISC, 0, 0, 0))
+        except OSError:
+            pass
+        self.sock.close()
+        self.sock = None
+
+
+def vm_rss(pid: int) -> int:
+    """The resident set size of process @pid in bytes (VmRSS in
+    /proc/PID/status)."""
+    with open(f'/proc/{pid}/status', encoding='ascii') as status:
+        for line in status:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * KiB
+    raise ValueError(f'no VmRSS in /proc/{pid}/status')
 
 
 # ---------------------------------------------------------------------------
