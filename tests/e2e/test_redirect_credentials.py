@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
-import base64
 from typing import ClassVar, Dict, List, Sequence
 
 import fixtures
 from e2e_case import E2ETestCase
 from fixtures import CmdResult, ImageSet, RangeServer
+from test_http_credentials import basic
 
 COOKIE = 'session=redirect-0123'
 USER, PASSWORD = 'e2e-user', 'pw-7f3a9c'
@@ -26,12 +26,6 @@ TOKEN = 'tok-5b1e77d2'
 API_KEY = 'key-90ac41'
 HEADERS = f'X-Api-Key: {API_KEY}\nX-Auth-Token: {TOKEN}\n'
 SIGNATURE = 'sig-c4e8a2f1'
-
-
-def basic(user: str, password: str) -> str:
-    """The Authorization value of HTTP basic authentication."""
-    token = base64.b64encode(f'{user}:{password}'.encode()).decode()
-    return f'Basic {token}'
 
 
 class RedirectCredentialsTest(E2ETestCase):
