@@ -3,6 +3,8 @@
 #   make            build the patched and the stock QEMU binaries
 #   make convert    setup, then the main job (see README.rst)
 #   make check      setup, then every test
+#   make check-asan setup, then every test against the patched binaries
+#                   built with ASan and UBSan (in $(BUILD)/qemu-asan)
 #   make bench      setup, then the benchmark (not part of check)
 #
 # ./configure writes config.mk; without it the defaults apply.
@@ -22,7 +24,8 @@ ifneq ($(CACHE),)
 export CACHE
 endif
 
-.PHONY: all build deps deps-test deps-bench convert check bench clean distclean
+.PHONY: all build build-asan deps deps-test deps-bench convert check check-asan \
+	bench clean distclean
 
 all: build
 
@@ -43,6 +46,13 @@ convert: deps-test
 check: deps-test
 	@scripts/build.sh
 	@scripts/check.sh $(ARGS)
+
+build-asan: deps
+	@scripts/build.sh --asan
+
+check-asan: deps-test
+	@scripts/build.sh --asan
+	@scripts/check-asan.sh $(ARGS)
 
 bench: deps-bench
 	@scripts/build.sh

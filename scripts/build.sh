@@ -5,6 +5,15 @@
 # comparison, the firmware that boots a guest with -kernel, and the test
 # guest (scripts/build-guest.py).
 #
+#   scripts/build.sh [--asan]
+#
+# --asan also builds the patched binaries and the unit tests with
+# AddressSanitizer and UndefinedBehaviorSanitizer in $BUILD/qemu-asan, from
+# the same tree, and makes $BUILD/asan: a build folder for the tests
+# (QCURL_BUILD) whose patched binaries are those, the rest (the stock
+# binaries, the guest, the firmware, the tree) the ones of $BUILD.  See
+# scripts/check-asan.sh.
+#
 # Environment: QEMU_SRC (a QEMU tree to use as the base instead of Debian
 # 13's source package), CACHE, BUILD (default: build), JOBS.
 # Safe to run again: only what changed is rebuilt.
@@ -19,6 +28,14 @@ PY=/usr/bin/python3
 
 say() { echo "build: $*"; }
 die() { echo "build: error: $*" >&2; exit 1; }
+
+asan=
+for arg in "$@"; do
+    case "$arg" in
+    --asan) asan=1 ;;
+    *) die "unknown argument '$arg' (usage: $0 [--asan])" ;;
+    esac
+done
 
 [ -x "$PY" ] || die "$PY not found: apt-get install python3"
 command -v ninja >/dev/null || die "ninja not found: apt-get install ninja-build"
@@ -174,4 +191,28 @@ for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do
 done
 ln -sfn qemu/storage-daemon/qemu-storage-daemon "$BUILD/qemu-storage-daemon"
 echo "$(cat "$base/VERSION") ($origin)" > "$BUILD/base-version"
+
+if [ -n "$asan" ]; then
+    # The same configuration with both sanitizers, and frame pointers, so
+    # that ASan's fast unwinder sees QEMU's frames at least, if one asks for
+    # it (scripts/with-sanitizers.sh uses the slow one).
+    configure_tree "$BUILD/src" "$BUILD/qemu-asan" "$SYSTEM_OPTS --enable-asan
+ --enable-ubsan --extra-cflags=-fno-omit-frame-pointer"
+    say "building the patched QEMU with ASan and UBSan in $BUILD/qemu-asan"
+    # shellcheck disable=SC2086
+    ninja -C "$BUILD/qemu-asan" -j "$JOBS" $PATCHED_TARGETS ||
+        die "build of the sanitized QEMU failed"
+    view=$BUILD/asan
+    mkdir -p "$view"
+    for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do
+        ln -sfn "../qemu-asan/$b" "$view/$b"
+    done
+    ln -sfn ../qemu-asan/storage-daemon/qemu-storage-daemon "$view/qemu-storage-daemon"
+    # The unit tests and the iotests' check script are found under qemu/.
+    ln -sfn ../qemu-asan "$view/qemu"
+    for d in src stock guest firmware base-version; do
+        ln -sfn "../$d" "$view/$d"
+    done
+    say "done: $view/qemu-img (patched, ASan and UBSan)"
+fi
 say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock), $BUILD/guest"

@@ -22,6 +22,12 @@ the iotests it names, the e2e runner's --list) and every one that gave
 no result is a failure, so an empty or cut-short layer fails.  On a
 machine set up by the README's command, everything runs.
 
+With QCURL_SANITIZER_LOGS set to a folder (scripts/with-sanitizers.sh
+sets it, with the sanitizers' log_path there), every AddressSanitizer, LeakSanitizer
+or UndefinedBehaviorSanitizer report that a layer's binaries write into it
+is printed and fails that layer, whatever the test that ran the binary made
+of it.
+
 Run it through scripts/check.sh, which makes the test CA trusted.
 """
 
@@ -39,6 +45,8 @@ TOP = Path(__file__).resolve().parents[1]
 PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
 LAYERS = ('series', 'unit', 'iotests', 'e2e')
+SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
+REPORT_LINES = 150              # printed of each sanitizer report
 
 
 @dataclass
@@ -515,6 +523,130 @@ def layer_e2e() -> LayerResult:
     return result
 
 
+# Sanitizer reports
+
+SANITIZER_SUMMARY = re.compile(r'^(?:SUMMARY: .*|.*: runtime error: .*|'
+                               r'==[\w.-]*==\d+==ERROR: .*)$', re.M)
+# A frame of a sanitizer's stack: "#3 0x7f... in function file:line"
+STACK_FRAME = re.compile(r'^\s*#\d+ 0x[0-9a-f]+ in (\S+)(.*)$')
+# Frames of the machinery between a bug and the report: the allocator,
+# abort(), assert(), the sanitizers themselves
+MACHINERY = re.compile(r'^(?:__interceptor_|__asan_|__lsan_|__ubsan|__sanitizer'
+                       r'|__pthread_kill|__GI_|raise$|abort$|__assert|'
+                       r'g_assertion_message|g_assert|g_log|g_malloc|'
+                       r'g_malloc0|g_realloc|g_try_|g_new|g_slice|'
+                       r'g_strdup|g_memdup|malloc$|calloc$|realloc$|'
+                       r'handle\w+Impl|\w+::)')
+
+
+def first_frame(lines: Sequence[str], after: str = '') -> str:
+    """The first frame of @lines that is not MACHINERY, as "function place".
+
+    With @after, only frames after the first one whose function starts
+    with it count.
+    """
+    found = not after
+    for line in lines:
+        match = STACK_FRAME.match(line)
+        if not match:
+            continue
+        function = match.group(1)
+        if not found:
+            found = function.startswith(after)
+            continue
+        if not MACHINERY.match(function):
+            return f'{function}{match.group(2)}'.strip()
+    return '?'
+
+
+def report_summary(text: str) -> str:
+    """The line that says what a sanitizer report is about, and where.
+
+    An abort() that ends a UBSan report (scripts/check-asan.sh says why
+    it comes as an ASan ABRT report) is named after its __ubsan_handle_
+    frame, and a leak or other abort after its first frame out of the
+    allocator, abort() and the sanitizers.
+    """
+    lines = text.splitlines()
+    handler = re.search(r' in __ubsan_handle_(\w+?)(?:_abort)?(?: |$)', text,
+                        re.M)
+    if handler:
+        return (f'UndefinedBehaviorSanitizer: {handler.group(1)} in '
+                f'{first_frame(lines, "__ubsan_handle_")} (the message is '
+                f'on the stderr of the process)')
+    found = SANITIZER_SUMMARY.findall(text)
+    summaries = [line for line in found if line.startswith('SUMMARY: ')]
+    line = summaries[0] if summaries else found[0].strip() if found else ''
+    if not line:
+        stripped = text.strip()
+        return stripped.splitlines()[0] if stripped else '(empty report)'
+    if 'leaked in' in line or ': ABRT ' in line:
+        line += f' (first: {first_frame(lines)})'
+    return line
+
+
+# Warnings that libasan writes without an error, in a file of their own:
+# - once a process at its first swapcontext(), which QEMU's coroutines
+#   call; QEMU annotates its stack switches for ASan
+#   (CONFIG_ASAN_IFACE_FIBER), and no option silences it;
+# - when a function that does not return (siglongjmp(), out of a coroutine
+#   or out of TCG's CPU loop) is called on a stack ASan does not know:
+#   it leaves that stack's poisoning alone, which can only cause a false
+#   report later, and a report is a report.
+# A file with nothing else is no report.
+SANITIZER_NOISE = re.compile(
+    r"^==[\w.-]*==\d+==WARNING: ASan doesn't fully support "
+    r'makecontext/swapcontext functions and may produce false positives '
+    r'in some cases!\n|'
+    r'^==[\w.-]*==\d+==WARNING: ASan is ignoring requested '
+    r'__asan_handle_no_return: stack type: \w+ top: 0x[0-9a-f]+; '
+    r'bottom 0x[0-9a-f]+; size: 0x[0-9a-f]+ \(\d+\)\n'
+    r'False positive error reports may follow\n'
+    r'For details see https://github.com/google/sanitizers/issues/189\n',
+    re.M)
+
+
+def new_sanitizer_reports(directory: Path,
+                          seen: Set[str]) -> List[Tuple[str, str]]:
+    """The (file name, text) of each report in @directory not in @seen.
+
+    The sanitizers write one file a process (log_path.exe_name.pid); the
+    names returned are added to @seen.  A file of SANITIZER_NOISE only
+    is no report.
+    """
+    try:
+        names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    except OSError as err:
+        return [(str(directory), f'cannot read the folder: {err}')]
+    reports = []
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            text = (directory / name).read_text(errors='replace')
+        except OSError as err:
+            text = f'cannot read it: {err}'
+        if SANITIZER_NOISE.sub('', text).strip():
+            reports.append((name, text))
+    return reports
+
+
+def print_sanitizer_reports(reports: Sequence[Tuple[str, str]],
+                            directory: Path) -> List[str]:
+    """Print @reports (the start of each); return one problem for each."""
+    problems = []
+    for name, text in reports:
+        lines = text.splitlines()
+        print(f'--- sanitizer report {directory / name} ---')
+        for line in lines[:REPORT_LINES]:
+            print(line)
+        if len(lines) > REPORT_LINES:
+            print(f'... ({len(lines) - REPORT_LINES} more lines in the file)')
+        problems.append(f'sanitizer report {name}: {report_summary(text)}')
+    return problems
+
+
 def print_verdict(verdict: Verdict, result: LayerResult) -> None:
     """Say what a layer's result counts as, and why."""
     print(f'== {verdict.layer}: {verdict.passed} passed, {verdict.failed} '
@@ -572,6 +704,18 @@ def main() -> int:
         entries, errors = load_expected_skips(EXPECTED_SKIPS.read_text())
     except OSError as err:
         entries, errors = {}, [f'cannot read {EXPECTED_SKIPS}: {err}']
+    logs_env = os.environ.get(SANITIZER_LOGS)
+    logs = Path(logs_env) if logs_env else None
+    seen: Set[str] = set()
+    if logs is not None:
+        print(f'sanitizer reports: {logs} (each one fails its layer)')
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in ('ASAN_OPTIONS', 'UBSAN_OPTIONS', 'LSAN_OPTIONS'):
+            print(f'   {name}={os.environ.get(name, "")}')
+        # Reports from before this run are not this run's.
+        old = new_sanitizer_reports(logs, seen)
+        if old:
+            print(f'   ignoring {plural(len(old), "older report")} there')
     verdicts: Dict[str, Verdict] = {}
     for layer in LAYERS:
         if layer not in layers:
@@ -586,16 +730,26 @@ def main() -> int:
         else:
             result = layer_e2e()
         result.seconds = time.monotonic() - start
+        if logs is not None:
+            result.problems += print_sanitizer_reports(
+                new_sanitizer_reports(logs, seen), logs)
         verdicts[layer] = judge(result, entries)
         print_verdict(verdicts[layer], result)
+    late: List[str] = []
+    if logs is not None:
+        # A process that outlived its layer may report at its exit.
+        late = print_sanitizer_reports(new_sanitizer_reports(logs, seen),
+                                       logs)
     print()
     for verdict in verdicts.values():
         print(f'{verdict.layer:>40}: {verdict.passed:4} passed, '
               f'{verdict.failed:3} failed, {verdict.skipped:3} skipped '
               f'({len(verdict.excused)} expected), {verdict.seconds:5.0f} s')
     print_expected_skips(entries, errors, verdicts)
-    print(final_line(list(verdicts.values()), errors))
-    return 1 if totals(list(verdicts.values()), errors)[1] else 0
+    for problem in late:
+        print(f'FAILED after the last layer: {problem}')
+    print(final_line(list(verdicts.values()), errors + late))
+    return 1 if totals(list(verdicts.values()), errors + late)[1] else 0
 
 
 if __name__ == '__main__':

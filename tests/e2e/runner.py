@@ -12,7 +12,9 @@
 #
 # Errors (in tests or fixtures) count as failures, expected failures as
 # skips.  A watchdog ends the run (with a traceback of every thread and
-# the summary) if one test takes longer than --test-timeout seconds.
+# the summary) if one test takes longer than --test-timeout seconds
+# (default: $QCURL_E2E_TEST_TIMEOUT, else 300; scripts/check-asan.sh gives
+# the sanitized binaries more).
 """Run the e2e suite and print a one-line summary."""
 
 from __future__ import annotations
@@ -139,7 +141,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='one line per test')
     parser.add_argument('--list', action='store_true',
                         help='list the tests and exit')
-    parser.add_argument('--test-timeout', type=float, default=300.0,
+    parser.add_argument('--test-timeout', type=float,
+                        default=float(os.environ.get('QCURL_E2E_TEST_TIMEOUT',
+                                                     '300')),
                         help='give up when one test runs longer than this '
                              '(default: %(default)s s)')
     args = parser.parse_args(argv)

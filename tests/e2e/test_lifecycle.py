@@ -31,6 +31,12 @@
 #
 # The NBD reads use fixtures.NbdClient, which sends a read when the test
 # says so and takes the answer when it wants it.
+#
+# Under the sanitizers (make check-asan, QCURL_SANITIZER_LOGS set) the
+# VmRSS figures are printed but not compared: ASan keeps what is freed in
+# its quarantine (256 MiB) and its own allocator, so they measure ASan,
+# not the driver.  Every other check holds there too; make check, which
+# CI runs first, asserts the bounds on the binaries that are shipped.
 """qemu-storage-daemon: memory after close, teardown under reads, 64
 readers at once on one https node."""
 
@@ -69,6 +75,8 @@ READERS = 64
 WARM_UP_END = MiB
 #: Generous deadline for one wait (an answer, a thread, an event)
 WAIT_TIMEOUT = 120.0
+#: Under ASan and UBSan (scripts/with-sanitizers.sh): VmRSS is ASan's
+SANITIZED = bool(os.environ.get('QCURL_SANITIZER_LOGS'))
 
 
 def mib(size: int) -> str:
@@ -208,12 +216,21 @@ class LifecycleTest(NginxImagesCase):
               f'{closed[0] // KiB} = {(closed[-1] - closed[0]) // KiB} KiB;'
               f' closed from {mib(min(closed))} to {mib(max(closed))})',
               flush=True)
+        if SANITIZED:
+            print('lifecycle: sanitized binaries, VmRSS not compared')
+        else:
+            self.assertRSSBounds(open_rss, closed)
+        self.assertEqual(qsd.shutdown(), 0)
+
+    def assertRSSBounds(self, open_rss: int, closed: List[int]) -> None:
+        """The first node took memory (@open_rss) that its close gave
+        back, and the VmRSS after each close (@closed) grew by at most
+        RSS_SLACK."""
         self.assertGreaterEqual(open_rss - closed[0], DEFAULT_CACHE // 2,
                                 'the first node did not fill its cache: '
                                 'the test proves nothing')
         self.assertLessEqual(closed[-1] - closed[0], RSS_SLACK,
                              f'VmRSS after each close: {closed}')
-        self.assertEqual(qsd.shutdown(), 0)
 
     def test_teardown_under_reads(self) -> None:
         """200 cycles: export, reads in flight, block-export-del
@@ -275,8 +292,11 @@ class LifecycleTest(NginxImagesCase):
               f'the last (from {mib(min(rss))} to {mib(max(rss))})',
               flush=True)
         self.assertEqual(wrong, [], 'answers with wrong bytes')
-        self.assertLessEqual(rss[-1] - rss[0], RSS_SLACK,
-                             f'VmRSS after each cycle: {rss}')
+        if SANITIZED:
+            print('lifecycle: sanitized binaries, VmRSS not compared')
+        else:
+            self.assertLessEqual(rss[-1] - rss[0], RSS_SLACK,
+                                 f'VmRSS after each cycle: {rss}')
         self.assertEqual(qsd.shutdown(), 0)
 
     @staticmethod

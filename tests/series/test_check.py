@@ -13,6 +13,9 @@ or, for unittest, a real run of a throwaway test directory.
 import contextlib
 import importlib.util
 import io
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -170,6 +173,193 @@ def e2e_output(passed: int, failed: int, skips: List[str], ran: int,
     lines += [f'e2e: ran {ran} of {listed} tests in 1.0 s',
               e2e_runner.summary_line(passed, failed, len(skips))]
     return '\n'.join(lines) + '\n'
+
+
+# GCC 12's libasan, from a test program like SANITIZED_C: shortened
+ASAN_UAF = """\
+=================================================================
+==t==1729==ERROR: AddressSanitizer: heap-use-after-free on address 0x6020000\
+00010 at pc 0x55b4a6b95319 bp 0x7ffc62a549f0 sp 0x7ffc62a549e8
+READ of size 1 at 0x602000000010 thread T0
+    #0 0x55b4a6b95318 in main /tmp/sz/t.c:5
+    #1 0x7f26cd245249 in __libc_start_call_main ../sysdeps/nptl/libc_start_c\
+all_main.h:58
+
+SUMMARY: AddressSanitizer: heap-use-after-free /tmp/sz/t.c:5 in main
+==t==1729==ABORTING
+"""
+LSAN_LEAK = """
+=================================================================
+==t==1754==ERROR: LeakSanitizer: detected memory leaks
+
+Direct leak of 8 byte(s) in 1 object(s) allocated from:
+    #0 0x7fb45a2b89cf in __interceptor_malloc ../../../../src/libsanitizer/a\
+san/asan_malloc_linux.cpp:69
+    #1 0x7fb45a2b89d0 in g_malloc (/lib/x86_64-linux-gnu/libglib-2.0.so.0+0x\
+5e719)
+    #2 0x561e1ecd33f8 in main /tmp/sz/t.c:6
+
+SUMMARY: AddressSanitizer: 8 byte(s) leaked in 1 allocation(s)."""
+UBSAN_ABRT = """\
+=================================================================
+==t==1744==ERROR: AddressSanitizer: ABRT on unknown address 0x0000000006d0 (\
+pc 0x7f12600a8eec bp 0x7f12610bf7c0 sp 0x7ffe681a1dc0 T0)
+    #0 0x7f12600a8eec in __pthread_kill_implementation nptl/pthread_kill.c:44
+    #1 0x7f1260059fb1 in __GI_raise ../sysdeps/posix/raise.c:26
+    #2 0x7f1260044471 in __GI_abort stdlib/abort.c:79
+    #3 0x7f126021e84e in __sanitizer::Abort() ../../../../src/libsanitizer/s\
+anitizer_common/sanitizer_posix_libcdep.cpp:143
+    #4 0x7f126022aee0 in __sanitizer::Die() ../../../../src/libsanitizer/san\
+itizer_common/sanitizer_termination.cpp:58
+    #5 0x7f126020a5c3 in handleIntegerOverflowImpl<__ubsan::Value> ../../../\
+../src/libsanitizer/ubsan/ubsan_handlers.cpp:231
+    #6 0x7f126020d7bc in __ubsan_handle_add_overflow ../../../../src/libsani\
+tizer/ubsan/ubsan_handlers.cpp:242
+    #7 0x556bb8103505 in main /tmp/sz/t.c:7
+
+AddressSanitizer can not provide additional info.
+SUMMARY: AddressSanitizer: ABRT nptl/pthread_kill.c:44 in __pthread_kill_im\
+plementation
+==t==1744==ABORTING
+"""
+ASAN_WARNINGS = """\
+==qemu-io==16301==WARNING: ASan doesn't fully support makecontext/swapcontext \
+functions and may produce false positives in some cases!
+==qemu-io==16301==WARNING: ASan is ignoring requested __asan_handle_no_return\
+: stack type: default top: 0x7ffc7095e000; bottom 0x7fa44dcfa000; size: 0x005\
+822c64000 (378540539904)
+False positive error reports may follow
+For details see https://github.com/google/sanitizers/issues/189
+"""
+ASSERT_ABRT = """\
+==qemu-img==9==ERROR: AddressSanitizer: ABRT on unknown address 0x9 (pc 0x1 \
+bp 0x2 sp 0x3 T0)
+    #0 0x7f12600a8eec in __pthread_kill_implementation nptl/pthread_kill.c:44
+    #1 0x7f1260059fb1 in __GI_raise ../sysdeps/posix/raise.c:26
+    #2 0x7f1260044471 in __GI_abort stdlib/abort.c:79
+    #3 0x7f1260044395 in __assert_fail_base assert/assert.c:92
+    #4 0x7f1260052eb1 in __GI___assert_fail assert/assert.c:101
+    #5 0x55d0c0ffee00 in curl_read_cb ../src/block/curl.c:123
+SUMMARY: AddressSanitizer: ABRT nptl/pthread_kill.c:44 in __pthread_kill_im\
+plementation
+"""
+
+# Each mode of this program does one thing each sanitizer reports
+SANITIZED_C = """\
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+    char *p = malloc(8);
+    int x = INT_MAX;
+    if (!strcmp(argv[1], "use-after-free")) {
+        free(p);
+        return p[0];
+    }
+    if (!strcmp(argv[1], "overflow")) {
+        x += argc;
+        return x & 1;
+    }
+    if (!strcmp(argv[1], "leak")) {
+        p = NULL;
+        return 0;
+    }
+    free(p);
+    return 0;
+}
+"""
+
+
+class SanitizerTest(unittest.TestCase):
+    """A sanitizer report fails its layer (QCURL_SANITIZER_LOGS)."""
+
+    def test_summaries(self) -> None:
+        self.assertEqual(check.report_summary(ASAN_UAF),
+                         'SUMMARY: AddressSanitizer: heap-use-after-free '
+                         '/tmp/sz/t.c:5 in main')
+        self.assertEqual(check.report_summary(LSAN_LEAK),
+                         'SUMMARY: AddressSanitizer: 8 byte(s) leaked in 1 '
+                         'allocation(s). (first: main /tmp/sz/t.c:6)')
+        self.assertEqual(check.report_summary(UBSAN_ABRT),
+                         'UndefinedBehaviorSanitizer: add_overflow in main '
+                         '/tmp/sz/t.c:7 (the message is on the stderr of '
+                         'the process)')
+        self.assertTrue(check.report_summary(ASSERT_ABRT).endswith(
+            '(first: curl_read_cb ../src/block/curl.c:123)'))
+        self.assertEqual(check.report_summary(''), '(empty report)')
+
+    def test_each_report_once(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            seen: set = set()
+            self.assertEqual(check.new_sanitizer_reports(Path(tmp), seen), [])
+            Path(tmp, 'san.qemu-img.1').write_text(ASAN_UAF)
+            self.assertEqual(check.new_sanitizer_reports(Path(tmp), seen),
+                             [('san.qemu-img.1', ASAN_UAF)])
+            self.assertEqual(check.new_sanitizer_reports(Path(tmp), seen), [])
+            Path(tmp, 'san.qemu-io.2').write_text(LSAN_LEAK)
+            self.assertEqual(check.new_sanitizer_reports(Path(tmp), seen),
+                             [('san.qemu-io.2', LSAN_LEAK)])
+            # libasan's warnings alone are no report; with an error they are
+            Path(tmp, 'san.qemu-io.3').write_text(ASAN_WARNINGS)
+            self.assertEqual(check.new_sanitizer_reports(Path(tmp), seen), [])
+            Path(tmp, 'san.qemu-io.4').write_text(ASAN_WARNINGS + ASAN_UAF)
+            self.assertEqual(len(check.new_sanitizer_reports(Path(tmp),
+                                                             seen)), 1)
+        # A folder that cannot be read fails, and again next time
+        self.assertEqual(len(check.new_sanitizer_reports(Path(tmp), seen)), 1)
+        self.assertEqual(len(check.new_sanitizer_reports(Path(tmp), seen)), 1)
+
+    def test_a_report_fails_a_passing_layer(self) -> None:
+        result = check.LayerResult('e2e', passed=3, ran=3, expected=3)
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            result.problems += check.print_sanitizer_reports(
+                [('san.qemu-img.1', ASAN_UAF), ('san.qemu-io.2', LSAN_LEAK)],
+                Path('/logs'))
+        self.assertIn('--- sanitizer report /logs/san.qemu-img.1 ---\n'
+                      '=====', out.getvalue())
+        self.assertIn('    #1 0x7fb45a2b89d0 in g_malloc', out.getvalue())
+        judged = verdict(result)
+        self.assertEqual((judged.passed, judged.failed), (3, 2))
+        self.assertIn('sanitizer report san.qemu-img.1: SUMMARY: '
+                      'AddressSanitizer: heap-use-after-free /tmp/sz/t.c:5 '
+                      'in main', judged.reasons)
+
+    def test_real_reports(self) -> None:
+        """scripts/with-sanitizers.sh's options, on GCC's runtimes."""
+        with tempfile.TemporaryDirectory() as tmp:
+            source, program = Path(tmp, 'san.c'), Path(tmp, 'san')
+            source.write_text(SANITIZED_C)
+            subprocess.run(['cc', '-g', '-fsanitize=address,undefined',
+                            '-fno-omit-frame-pointer', '-o', str(program),
+                            str(source)], check=True)
+            env = {k: v for k, v in os.environ.items()
+                   if not k.endswith('SAN_OPTIONS')}
+            wanted = {'use-after-free': 'heap-use-after-free',
+                      'overflow': 'UndefinedBehaviorSanitizer: add_overflow '
+                                  'in main',
+                      'leak': 'leaked in 1 allocation(s). (first: main',
+                      'clean': None}
+            for mode, summary in wanted.items():
+                with self.subTest(mode=mode):
+                    logs = Path(tmp, 'logs-' + mode)
+                    proc = subprocess.run(
+                        [str(TOP / 'scripts' / 'with-sanitizers.sh'),
+                         str(logs), str(program), mode], env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
+                    reports = check.new_sanitizer_reports(logs, set())
+                    if summary is None:
+                        self.assertEqual((proc.returncode, reports), (0, []))
+                        continue
+                    self.assertEqual(proc.returncode, -signal.SIGABRT,
+                                     proc.stderr)
+                    self.assertEqual(len(reports), 1, proc.stderr)
+                    self.assertTrue(reports[0][0].startswith('san.san.'))
+                    self.assertIn(summary, check.report_summary(reports[0][1]))
+                    if mode == 'overflow':
+                        self.assertIn('runtime error: signed integer '
+                                      'overflow', proc.stderr)
 
 
 class ExpectedSkipsTest(unittest.TestCase):
