@@ -674,7 +674,8 @@ class FaultMatrixTest(E2ETestCase):
                 saw = case.check(seen)
             except AssertionError as err:
                 cell.text = f'FAULT NOT AS EXPECTED: {err}'
-                raise AssertionError(f'{err}\n{result.describe()}') from None
+                raise AssertionError(f'{err}\n{result.describe()}\n'
+                                     f'{log_summary(seen)}') from None
             if result.returncode == 0:
                 cell.text = saw
 

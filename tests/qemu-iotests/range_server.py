@@ -81,6 +81,19 @@ _RANGE_RE = re.compile(r'bytes\s*=\s*(\d*)\s*-\s*(\d*)', re.IGNORECASE)
 _RULE_IDS = itertools.count(1)
 
 
+def wrong_range_start(start: int, length: int, size: int,
+                      shift: int) -> int:
+    """Where a "wrong-range" answer to a range of @length bytes from
+    @start starts instead, in a file of @size bytes: @shift bytes later,
+    or earlier if later does not fit (each kept inside the file); @start
+    only if @length is @size."""
+    for moved in (start + shift, start - shift):
+        moved = min(max(moved, 0), size - length)
+        if moved != start:
+            return moved
+    return start
+
+
 class UnsatisfiableRange(Exception):
     """A syntactically valid Range that selects no byte of the file."""
 
@@ -191,8 +204,10 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
                       was not told about a new file would
     no-accept-ranges  answer normally but without Accept-Ranges
     wrong-range       send the range asked for moved by "shift" bytes
-                      (default 1, kept inside the file); a request
-                      without a valid range is answered normally
+                      (default 1), or back by as many when that would
+                      pass the end of the file, kept inside the file; a
+                      request without a valid range, or for all of the
+                      file, is answered normally (and not logged as hit)
     short             send only the first "bytes" body bytes, then close
                       the connection
     reset             send only the first "bytes" (default 0) body bytes,
@@ -755,6 +770,12 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         finally:
             os.close(fd)
 
+    def _fault_without(self, record: RequestRecord,
+                       action: str) -> Optional[str]:
+        """The fault logged for @record, but for @action."""
+        left = [a for a in (record.fault or '').split('+') if a != action]
+        return '+'.join(left) or None
+
     def _send_fault_response(self, record: RequestRecord,
                              rule: FaultRule) -> None:
         """Answer with the status, redirection or 405 of @rule."""
@@ -824,7 +845,12 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             start, end = byte_range
             length = end - start + 1
             if rule is not None and action == 'wrong-range':
-                start = min(max(start + rule.shift, 0), size - length)
+                moved = wrong_range_start(start, length, size, rule.shift)
+                if moved == start:
+                    # All of the file: no other range to send instead
+                    self.server.state.update(
+                        record, fault=self._fault_without(record, action))
+                start = moved
             last = start + length - 1
             headers['Content-Range'] = f'bytes {start}-{last}/{total}'
             headers['Content-Length'] = str(length)

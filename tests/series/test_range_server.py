@@ -460,11 +460,19 @@ class FaultTest(ServerTestCase):
         self.assertEqual(headers['content-range'],
                          f'bytes 110-209/{len(DATA)}')
         self.assertEqual(body, DATA[110:210])
-        # Clamped inside the file
+        # Moved back where moving on would pass the end of the file
         status, headers, body = self.get_range('/data.img', 'bytes=-100')
         self.assertEqual(headers['content-range'],
-                         f'bytes {len(DATA) - 100}-{len(DATA) - 1}/'
+                         f'bytes {len(DATA) - 110}-{len(DATA) - 11}/'
                          f'{len(DATA)}')
+        self.assertEqual(body, DATA[-110:-10])
+        self.assertEqual(self.server.stats()['log'][-1]['fault'],
+                         'wrong-range')
+        # All of the file cannot move: answered as asked, not logged as hit
+        status, headers, body = self.get_range('/data.img',
+                                               f'bytes=0-{len(DATA) - 1}')
+        self.assertEqual((status, body), (206, DATA))
+        self.assertIsNone(self.server.stats()['log'][-1]['fault'])
         self.set_faults([{'action': 'wrong-range'}])
         status, headers, body = self.get_range('/data.img', 'bytes=0-9')
         self.assertEqual(headers['content-range'], f'bytes 1-10/{len(DATA)}')
