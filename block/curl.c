@@ -68,7 +68,7 @@
  * not depend on the block size, but a block is what the cache keeps or
  * drops: 896 blocks of 64 KiB (a qcow2 cluster) keep that many places of a
  * randomly read image, where 28 of 2 MiB kept too few for a guest's
- * working set, and sequential reads go as fast (docs/bench/defaults.md).
+ * working set, and sequential reads go as fast.
  */
 #define CURL_DEFAULT_BLOCKSIZE      (64 * KiB)
 #define CURL_DEFAULT_CACHE          (56 * MiB)  /* blockcount * blocksize */
@@ -550,7 +550,7 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
      * each connection's rate (CDNs do, per flow), and libcurl would
      * multiplex every transfer over one or two of them.  Measured with a
      * 40 ms, 10 MB/s per connection link, converting a qcow2 took ten
-     * times longer over HTTP/2 (docs/bench/defaults.md).
+     * times longer over HTTP/2.
      */
     curl_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1,
                 errp);

@@ -13,10 +13,10 @@ recommends, and the stock driver: the time from QEMU's start to the
 result line, and the bytes nginx sent against the bytes of the files the
 guest read.
 
-Writes docs/bench/guest.json and the section "A guest boots from the
-drive" of docs/bench/results.md (tests/bench/run keeps that section when
+Writes tests/bench/results/guest.json and the section "A guest boots from the
+drive" of tests/bench/results/results.md (tests/bench/run keeps that section when
 it writes the file again).  With --io-pattern, instead boots once with
-the trace event curl_co_preadv and writes docs/bench/guest-io.md: the
+the trace event curl_co_preadv and writes tests/bench/results/guest-io.md: the
 guest's own read sizes and offsets.
 
 Runs on its own (it re-executes itself under scripts/with-test-ca.sh) or
@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DOCS = REPO / 'docs' / 'bench'
+DOCS = REPO / 'tests' / 'bench' / 'results'
 
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / 'tests' / 'e2e'))
@@ -670,7 +670,7 @@ def main() -> int:
                         ','.join(CONTENDERS))
     parser.add_argument('--io-pattern', action='store_true',
                         help='record the guest\'s read pattern into '
-                        'docs/bench/guest-io.md instead')
+                        'tests/bench/results/guest-io.md instead')
     parser.add_argument('--blocksize', type=bl.parse_size,
                         help='the blocksize of the tuned driver (default: '
                         'what the last sweep recommends)')
