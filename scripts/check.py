@@ -6,7 +6,7 @@
 # Copyright (C) 2026 The QEMU curl series authors
 """Run all test layers, each with its own runner, and sum them up.
 
-Layers: the series' own machinery (tests/series), the unit tests in
+Layers: the project's test harness itself (tests/harness), the unit tests in
 tests/unit (glib, TAP output), the qemu-iotests in tests/qemu-iotests/tests
 (through the base tree's check script), and the end-to-end tests of the
 real binaries (tests/e2e).  Every layer prints its runner's own summary,
@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 TOP = Path(__file__).resolve().parents[1]
 PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
-LAYERS = ('series', 'unit', 'iotests', 'e2e')
+LAYERS = ('harness', 'unit', 'iotests', 'e2e')
 SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
 REPORT_LINES = 150              # printed of each sanitizer report
 
@@ -218,7 +218,7 @@ def run(cmd: List[str], cwd: Path = TOP, timeout: int = 3600,
     return code, ''.join(lines)
 
 
-# unittest (tests/series)
+# unittest (tests/harness)
 
 # Print the id of every test that unittest's discovery finds in argv[1]
 LIST_UNITTESTS = '''
@@ -330,9 +330,9 @@ def layer_unittest(layer: str, start_dir: Path) -> LayerResult:
     return result
 
 
-def layer_series() -> LayerResult:
-    """The series' own machinery: overlay, test server, this script."""
-    return layer_unittest('series', TOP / 'tests' / 'series')
+def layer_harness() -> LayerResult:
+    """The harness itself: overlay, test server, this script."""
+    return layer_unittest('harness', TOP / 'tests' / 'harness')
 
 
 # TAP (tests/unit)
@@ -721,8 +721,8 @@ def main() -> int:
         if layer not in layers:
             continue
         start = time.monotonic()
-        if layer == 'series':
-            result = layer_series()
+        if layer == 'harness':
+            result = layer_harness()
         elif layer == 'unit':
             result = layer_unit(build)
         elif layer == 'iotests':

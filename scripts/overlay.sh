@@ -7,7 +7,7 @@
 # is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
 # tests/, a plain file replaces the file at the same path in QEMU, and
 # FILE.patch is a unified diff against QEMU's FILE.  The project's own test
-# and benchmark harness (tests/e2e, tests/bench, tests/series) is not part of
+# and benchmark harness (tests/e2e, tests/bench, tests/harness) is not part of
 # the series and stays out of the tree.  The patches are applied
 # in the order OVERLAY/series lists them; a patch that is not listed, a listed
 # patch that is missing, or one that does not apply exactly (no fuzz) stops
@@ -23,7 +23,7 @@ die() { echo "overlay: error: $*" >&2; exit 1; }
 [ $# -eq 3 ] || die "usage: $0 BASE SRC OVERLAY"
 BASE=$1 SRC=$2 OVERLAY=$3
 DIRS="block include qapi docs tests"
-PROJECT_ONLY="tests/e2e tests/bench tests/series"
+PROJECT_ONLY="tests/e2e tests/bench tests/harness"
 
 [ -f "$BASE/VERSION" ] || die "$BASE is not a QEMU tree"
 

@@ -414,9 +414,9 @@ class JudgeTest(unittest.TestCase):
                          (2, 0, ['unit:t:/a']))
 
     def test_unnamed_skip_cannot_be_excused(self) -> None:
-        result = check.LayerResult('series', passed=2, ran=3, expected=3,
+        result = check.LayerResult('harness', passed=2, ran=3, expected=3,
                                    skips=[check.Skip('?', 'no id')])
-        self.assertEqual(verdict(result, {'series:?': 'any'}).failed, 2)
+        self.assertEqual(verdict(result, {'harness:?': 'any'}).failed, 2)
 
     def test_stale_expected_skip(self) -> None:
         result = check.LayerResult('e2e', passed=3, ran=3, expected=3)
@@ -446,7 +446,7 @@ class JudgeTest(unittest.TestCase):
         notrun = check.parse_iotests('vmdk', ['curl-basic', 'curl-qmp'],
                                      IOTESTS_NOTRUN, 0)
         short = check.parse_tap('t', TAP_PASS.replace('1..3', '1..5'), 0)
-        empty = check.parse_unittest('series', 'Ran 0 tests in 0.000s\n\n'
+        empty = check.parse_unittest('harness', 'Ran 0 tests in 0.000s\n\n'
                                      'OK\n', 0, [])
         verdicts = [verdict(r) for r in (skip, notrun, short, empty)]
         self.assertEqual([(v.passed, v.failed) for v in verdicts],
@@ -668,7 +668,7 @@ class UnittestTest(unittest.TestCase):
             for name, text in files.items():
                 Path(tmp, name).write_text(textwrap.dedent(text))
             with contextlib.redirect_stdout(io.StringIO()):
-                return check.layer_unittest('series', Path(tmp))
+                return check.layer_unittest('harness', Path(tmp))
 
     def test_pass_and_skip(self) -> None:
         result = self.run_layer({'test_demo.py': '''\
@@ -686,7 +686,7 @@ class UnittestTest(unittest.TestCase):
         self.assertEqual(result.skips, [check.Skip('test_demo.Demo.test_skip',
                                                    'no frobnicator')])
         self.assertEqual(verdict(result).failed, 1)
-        judged = verdict(result, {'series:test_demo.Demo.test_skip': 'r'})
+        judged = verdict(result, {'harness:test_demo.Demo.test_skip': 'r'})
         self.assertEqual((judged.passed, judged.failed), (1, 0))
 
     def test_expected_failure_and_unexpected_success(self) -> None:
@@ -752,7 +752,7 @@ class UnittestTest(unittest.TestCase):
 
             OK (skipped=1)
             ''')
-        result = check.parse_unittest('series', out, 0,
+        result = check.parse_unittest('harness', out, 0,
                                       ['test_demo.Demo.test_pass',
                                        'test_demo.Demo.test_skip'])
         self.assertEqual((result.passed, result.skips), (1, [check.Skip(
@@ -761,7 +761,7 @@ class UnittestTest(unittest.TestCase):
     def test_crash(self) -> None:
         out = ('test_pass (test_demo.Demo.test_pass) ... ok\n'
                'Segmentation fault\n')
-        judged = verdict(check.parse_unittest('series', out, -11,
+        judged = verdict(check.parse_unittest('harness', out, -11,
                                               ['a.B.c', 'a.B.d']))
         self.assertEqual((judged.passed, judged.failed), (0, 3))
 

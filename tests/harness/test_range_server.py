@@ -21,7 +21,7 @@
 
 It checks the server's range handling, statistics and every fault action
 with http.client, raw sockets and the curl command line tool, over HTTP
-and HTTPS.  Run it directly: python3 tests/series/test_range_server.py
+and HTTPS.  Run it directly: python3 tests/harness/test_range_server.py
 """
 
 import email.utils
