@@ -25,7 +25,7 @@ export CACHE
 endif
 
 .PHONY: all build build-asan deps deps-test deps-bench convert check check-asan \
-	bench clean distclean
+	series bench clean distclean
 
 all: build
 
@@ -53,6 +53,10 @@ build-asan: deps
 check-asan: deps-test
 	@scripts/build.sh --asan
 	@scripts/check-asan.sh $(ARGS)
+
+series: deps
+	@scripts/build.sh
+	@scripts/series.py $(ARGS)
 
 bench: deps-bench
 	@scripts/build.sh

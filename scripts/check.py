@@ -7,11 +7,13 @@
 """Run all test layers, each with its own runner, and sum them up.
 
 Layers: the project's test harness itself (tests/harness), the unit tests in
-tests/unit (glib, TAP output), the qemu-iotests in tests/qemu-iotests/tests
-(through the base tree's check script), and the end-to-end tests of the
-real binaries (tests/e2e).  Every layer prints its runner's own summary,
-then what this script made of it: passed, failed and skipped.  The last
-line is "N passed, N failed".
+tests/unit (glib, TAP output), the overlay as a patch series
+(scripts/series.py --bisect: git am, checkpatch, a build and the unit
+tests after every patch; not under the sanitizers), the qemu-iotests in
+tests/qemu-iotests/tests (through the base tree's check script), and the
+end-to-end tests of the real binaries (tests/e2e).  Every layer prints its
+runner's own summary, then what this script made of it: passed, failed
+and skipped.  The last line is "N passed, N failed".
 
 The count cannot be fooled by a test that does not run.  A skip (a
 skipped unittest, an expected failure, a TAP SKIP or TODO, an iotest that
@@ -44,7 +46,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 TOP = Path(__file__).resolve().parents[1]
 PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
-LAYERS = ('harness', 'unit', 'iotests', 'e2e')
+LAYERS = ('harness', 'unit', 'series', 'iotests', 'e2e')
 SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
 REPORT_LINES = 150              # printed of each sanitizer report
 
@@ -341,13 +343,14 @@ TAP_RESULT = re.compile(r'^(ok|not ok)\b\s*(\d*)\s*(?:- )?([^#]*?)\s*'
                         r'(?:#\s*(SKIP|TODO)\b\s*(.*))?$', re.I)
 
 
-def parse_tap(name: str, out: str, code: int) -> LayerResult:
+def parse_tap(name: str, out: str, code: int,
+              layer: str = 'unit') -> LayerResult:
     """Read the TAP output of one glib test binary, @name.
 
     A SKIP and a TODO (glib's g_test_skip and g_test_incomplete) are skips;
     the plan gives the count expected; "Bail out!" and a crash fail.
     """
-    result = LayerResult('unit')
+    result = LayerResult(layer)
     plan = None
     for line in out.splitlines():
         match = re.match(r'^1\.\.(\d+)', line)
@@ -396,6 +399,17 @@ def layer_unit(build: Path) -> LayerResult:
         code, out = run([str(binary), '--tap', '-k'])
         result.merge(parse_tap(src.stem, out, code))
     return result
+
+
+# The patch series (scripts/series.py --bisect, TAP)
+
+def layer_series(build: Path) -> LayerResult:
+    """The overlay as a patch series: it carries every file, each patch
+    passes checkpatch, applies with git am, builds and passes the unit
+    tests, and the last one gives the overlay build's tree."""
+    code, out = run([sys.executable, str(TOP / 'scripts' / 'series.py'),
+                     '--build', str(build), '--bisect'])
+    return parse_tap('series', out, code, layer='series')
 
 
 # qemu-iotests
@@ -699,12 +713,15 @@ def main() -> int:
                         help='run only these layers')
     args = parser.parse_args()
     build = Path(os.environ.get('QCURL_BUILD', TOP / 'build'))
-    layers = args.only or list(LAYERS)
+    logs_env = os.environ.get(SANITIZER_LOGS)
+    # The series builds its own tree, without the sanitizers: under them,
+    # it would only test again what make check tested
+    layers = args.only or [layer for layer in LAYERS
+                           if not (logs_env and layer == 'series')]
     try:
         entries, errors = load_expected_skips(EXPECTED_SKIPS.read_text())
     except OSError as err:
         entries, errors = {}, [f'cannot read {EXPECTED_SKIPS}: {err}']
-    logs_env = os.environ.get(SANITIZER_LOGS)
     logs = Path(logs_env) if logs_env else None
     seen: Set[str] = set()
     if logs is not None:
@@ -725,6 +742,8 @@ def main() -> int:
             result = layer_harness()
         elif layer == 'unit':
             result = layer_unit(build)
+        elif layer == 'series':
+            result = layer_series(build)
         elif layer == 'iotests':
             result = layer_iotests(build)
         else:

@@ -7,9 +7,9 @@
 # is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
 # tests/, a plain file replaces the file at the same path in QEMU, and
 # FILE.patch is a unified diff against QEMU's FILE.  The project's own test
-# and benchmark harness (tests/e2e, tests/bench, tests/harness) is not part of
-# the series and stays out of the tree.  The patches are applied
-# in the order OVERLAY/series lists them; a patch that is not listed, a listed
+# and benchmark harness (tests/e2e, tests/bench, tests/harness, and the list
+# tests/expected-skips) is not part of the series and stays out of the tree.
+# The patches are applied in the order OVERLAY/series lists them; a patch that is not listed, a listed
 # patch that is missing, or one that does not apply exactly (no fuzz) stops
 # the build with its name.
 #
@@ -23,7 +23,7 @@ die() { echo "overlay: error: $*" >&2; exit 1; }
 [ $# -eq 3 ] || die "usage: $0 BASE SRC OVERLAY"
 BASE=$1 SRC=$2 OVERLAY=$3
 DIRS="block include qapi docs tests"
-PROJECT_ONLY="tests/e2e tests/bench tests/harness"
+PROJECT_ONLY="tests/e2e tests/bench tests/harness tests/expected-skips"
 
 [ -f "$BASE/VERSION" ] || die "$BASE is not a QEMU tree"
 
@@ -55,7 +55,7 @@ list_files() {
         (cd "$OVERLAY" && find $DIRS -type f 2>/dev/null)
     fi | grep -v -e '\.orig$' -e '\.rej$' -e '~$' -e '/__pycache__/' | {
         # shellcheck disable=SC2086
-        for d in $PROJECT_ONLY; do set -- "$@" -e "^$d/"; done
+        for d in $PROJECT_ONLY; do set -- "$@" -e "^$d/" -e "^$d\$"; done
         if [ $# -gt 0 ]; then grep -v "$@"; else cat; fi
     } | LC_ALL=C sort
 }
