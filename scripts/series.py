@@ -92,13 +92,22 @@ def read_step(path: Path) -> Tuple[List[str], bool, str]:
     return files, maintainers, message
 
 
-def curl_section() -> List[str]:
-    """The CURL section of this repository's MAINTAINERS."""
-    lines = (TOP / 'MAINTAINERS').read_text().splitlines()
+def curl_lines(lines: List[str]) -> Tuple[int, int]:
+    """Where the CURL section of a MAINTAINERS file's @lines starts and
+    ends (the blank line after it)."""
+    if 'CURL' not in lines:
+        raise SeriesError('a MAINTAINERS file without a CURL section')
     start = lines.index('CURL')
     end = start
     while end < len(lines) and lines[end].strip():
         end += 1
+    return start, end
+
+
+def curl_section() -> List[str]:
+    """The CURL section of this repository's MAINTAINERS."""
+    lines = (TOP / 'MAINTAINERS').read_text().splitlines()
+    start, end = curl_lines(lines)
     return lines[start:end]
 
 
@@ -107,10 +116,7 @@ def update_maintainers(repo: Path) -> None:
     that match a file of @repo."""
     path = repo / 'MAINTAINERS'
     lines = path.read_text().splitlines()
-    start = lines.index('CURL')
-    end = start
-    while end < len(lines) and lines[end].strip():
-        end += 1
+    start, end = curl_lines(lines)
     tracked = run(['git', 'ls-files'], repo).stdout.splitlines()
     tracked += run(['git', 'ls-files', '--others'], repo).stdout.splitlines()
     section = [line for line in curl_section()
