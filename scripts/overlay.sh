@@ -2,6 +2,7 @@
 # Lay the series over a copy of the QEMU base tree.
 #
 #   scripts/overlay.sh BASE SRC OVERLAY
+#   scripts/overlay.sh --list OVERLAY
 #
 # BASE is the pristine QEMU tree (never written), SRC the working copy that
 # is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
@@ -20,27 +21,8 @@ set -eu
 
 die() { echo "overlay: error: $*" >&2; exit 1; }
 
-[ $# -eq 3 ] || die "usage: $0 BASE SRC OVERLAY"
-BASE=$1 SRC=$2 OVERLAY=$3
 DIRS="block include qapi docs tests"
 PROJECT_ONLY="tests/e2e tests/bench tests/harness tests/expected-skips"
-
-[ -f "$BASE/VERSION" ] || die "$BASE is not a QEMU tree"
-
-# A fresh working copy when there is none or when the base changed.
-stamp=$SRC/.overlay-base
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$BASE" ]; then
-    echo "overlay: copying the base tree $BASE to $SRC"
-    rm -rf "$SRC"
-    mkdir -p "$SRC"
-    # Leave out a git checkout's history and any in-tree build folder.
-    tar -C "$BASE" --exclude=./.git --exclude=./build -cf - . | tar -C "$SRC" -xf -
-    : > "$SRC/.overlay-files"
-    echo "$BASE" > "$stamp"
-fi
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 
 # What the overlay provides, as paths relative to the QEMU tree: in a git
 # checkout the files git tracks or would track (so caches and editor files
@@ -59,6 +41,34 @@ list_files() {
         if [ $# -gt 0 ]; then grep -v "$@"; else cat; fi
     } | LC_ALL=C sort
 }
+# scripts/overlay.sh --list OVERLAY: only print what the overlay provides
+if [ "${1:-}" = --list ]; then
+    [ $# -eq 2 ] || die "usage: $0 --list OVERLAY"
+    OVERLAY=$2
+    list_files
+    exit 0
+fi
+
+[ $# -eq 3 ] || die "usage: $0 BASE SRC OVERLAY"
+BASE=$1 SRC=$2 OVERLAY=$3
+
+[ -f "$BASE/VERSION" ] || die "$BASE is not a QEMU tree"
+
+# A fresh working copy when there is none or when the base changed.
+stamp=$SRC/.overlay-base
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$BASE" ]; then
+    echo "overlay: copying the base tree $BASE to $SRC"
+    rm -rf "$SRC"
+    mkdir -p "$SRC"
+    # Leave out a git checkout's history and any in-tree build folder.
+    tar -C "$BASE" --exclude=./.git --exclude=./build -cf - . | tar -C "$SRC" -xf -
+    : > "$SRC/.overlay-files"
+    echo "$BASE" > "$stamp"
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
 list_files > "$tmp/all"
 grep -v '\.patch$' "$tmp/all" > "$tmp/plain" || true
 grep '\.patch$' "$tmp/all" > "$tmp/patches" || true

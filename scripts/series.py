@@ -39,11 +39,6 @@ from typing import Dict, List, Tuple
 
 TOP = Path(__file__).resolve().parent.parent
 PATCHES = TOP / 'patches'
-#: Where the overlay's files live (scripts/overlay.sh's DIRS), and what is
-#: the project's own
-DIRS = ('block', 'include', 'qapi', 'docs', 'tests')
-PROJECT_ONLY = ('tests/e2e/', 'tests/bench/', 'tests/harness/',
-                'tests/expected-skips')
 PYTHON = '/usr/bin/python3'
 #: A fixed date, so that the same tree gives the same patches
 DATE = '2026-12-03T00:00:00+00:00'
@@ -65,12 +60,9 @@ def run(args: List[str], cwd: Path, env: Dict[str, str] = None,
 
 def overlay_files() -> List[str]:
     """What scripts/overlay.sh lays over the base, as overlay paths."""
-    out = run(['git', 'ls-files', '--cached', '--others',
-               '--exclude-standard', '--', *DIRS], TOP).stdout
-    return sorted(f for f in out.splitlines()
-                  if (TOP / f).is_file() and not f.startswith(PROJECT_ONLY)
-                  and not f.endswith(('.orig', '.rej', '~'))
-                  and '/__pycache__/' not in f)
+    out = run([str(TOP / 'scripts' / 'overlay.sh'), '--list', str(TOP)],
+              TOP).stdout
+    return sorted(out.splitlines())
 
 
 def read_step(path: Path) -> Tuple[List[str], bool, str]:
