@@ -433,11 +433,13 @@ def render_section(data: Dict[str, Any]) -> List[str]:
     return out
 
 
-def update_results_md(docs: Path = DOCS) -> None:
-    """Put the section from guest.json into results.md (replacing an
-    older one), before the sweep if there is one."""
+def update_results_md(docs: Path = DOCS,
+                      guest_json: Optional[Path] = None) -> None:
+    """Put the section from guest.json (@docs/guest.json, or @guest_json)
+    into results.md (replacing an older one), before the sweep if there
+    is one."""
     try:
-        data = json.loads((docs / 'guest.json').read_text())
+        data = json.loads((guest_json or docs / 'guest.json').read_text())
     except (OSError, ValueError):
         return
     path = docs / 'results.md'
