@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,12 +43,8 @@ GiB = 1024 * MiB
 HOST = '127.0.0.1'
 
 
-def build_dir() -> Path:
-    return fx.build_dir()
-
-
 def work_dir() -> Path:
-    return build_dir() / 'bench'
+    return fx.build_dir() / 'bench'
 
 
 def log(msg: str) -> None:
@@ -90,6 +85,8 @@ def parse_size(text: str) -> int:
 _BACKGROUND: Dict[int, str] = {}
 
 
+# Not fixtures._stop_process: this kills the whole session (what a command
+# left behind too) and does not reap, so that wait4() still gets the rusage
 def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(pid, sig)
@@ -309,6 +306,15 @@ class Background:
         except OSError:
             return ''
 
+    def exited(self) -> Optional[str]:
+        """None while it runs, else that it exited and its output (an
+        abort for fixtures.wait_for)."""
+        if self.alive():
+            return None
+        return f'{self.name} exited ({self.rc}): {self.output()}'
+
+    # Not fixtures._stop_process: it waits with Popen.wait(), which loses
+    # the rusage, and cannot signal the server of @pid_file under GNU time
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Stop it (@sig, then SIGKILL after @timeout); return its exit code."""
         if self.rc is not None:
@@ -352,21 +358,6 @@ def host_busy(before: Tuple[float, float],
     """The share of the machine's CPU time that was busy in between."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else None
-
-
-def wait_until(pred: Any, timeout: float, what: str,
-               proc: Optional[Background] = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f'{proc.name} exited ({proc.rc}) while '
-                               f'waiting for {what}: {proc.output()}')
-        if time.monotonic() > deadline:
-            raise RuntimeError(f'timed out waiting for {what}')
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------
@@ -419,9 +410,10 @@ class WanProxy:
              '--preset', scenario, '--port-file', self.port_file,
              '--stats-file', self.stats_file], rundir / 'proxy.log')
         try:
-            text = wait_until(lambda: self.port_file.exists() and
-                              self.port_file.read_text().strip(), 10,
-                              'wanproxy to listen', self.bg)
+            text = fx.wait_for(lambda: self.port_file.exists() and
+                               self.port_file.read_text().strip(), 10,
+                               'wanproxy to listen', interval=0.01,
+                               abort=self.bg.exited)
             self.port = int(text)
         except BaseException:
             self.bg.stop(signal.SIGKILL)
@@ -620,10 +612,6 @@ def _plan_extents(rng: random.Random, virtual: int,
     return extents
 
 
-def _sha256(path: Path) -> str:
-    return fx.sha256_file(path)
-
-
 def _make_images(directory: Path, params: Dict[str, int],
                  qemu_img: Path) -> Dict[str, Any]:
     """Generate every image of a profile into @directory."""
@@ -655,11 +643,13 @@ def _make_images(directory: Path, params: Dict[str, int],
             n = min(16 * MiB, params['member'] - done)
             f.write(_content(rng, corpus, n, zeros=True))
             done += n
-    member_sha = _sha256(member)
+    member_sha = fx.sha256_file(member)
     tar_path = directory / 'appliance.tar'
     descr = directory / 'appliance.ovf'
     descr.write_text('<?xml version="1.0"?>\n<Envelope><!-- benchmark '
                      'appliance: disk is appliance.raw --></Envelope>\n')
+    # Not fixtures.make_tar: the members get a fixed mtime and owner, so
+    # that the tar is the same bytes on every machine
     with tarfile.open(tar_path, 'w', format=tarfile.GNU_FORMAT) as tar:
         for path in (descr, member):
             info = tar.gettarinfo(str(path), arcname=path.name)
@@ -678,7 +668,8 @@ def _make_images(directory: Path, params: Dict[str, int],
     files = {}
     for name in ('disk.raw', 'disk.qcow2', 'disk-c.qcow2', 'appliance.tar'):
         p = directory / name
-        files[name] = {'size': p.stat().st_size, 'sha256': _sha256(p)}
+        files[name] = {'size': p.stat().st_size,
+                       'sha256': fx.sha256_file(p)}
     return {
         'gen_version': GEN_VERSION, 'params': params, 'files': files,
         'guest_sha256': files['disk.raw']['sha256'],
@@ -713,7 +704,7 @@ def ensure_images(profile: str, qemu_img: Path) -> Tuple[Dict[str, Image],
         for name, want in manifest['files'].items():
             p = directory / name
             if not p.exists() or p.stat().st_size != want['size'] or \
-                    _sha256(p) != want['sha256']:
+                    fx.sha256_file(p) != want['sha256']:
                 log(f'{p}: missing or changed, making the images again')
                 manifest = None
                 break
@@ -866,7 +857,7 @@ def verify_output(image: Image, out: Path, qemu_img: Path,
         return False, 'no output file'
     if whole_file:
         ok = out.stat().st_size == image.size and \
-            _sha256(out) == image.sha256
+            fx.sha256_file(out) == image.sha256
         return ok, 'sha256 of the file' if ok else 'sha256 differs'
     if image.ref is not None:
         res = run_measured([qemu_img, 'compare', '-q', '-f', 'raw', '-F',
@@ -878,21 +869,5 @@ def verify_output(image: Image, out: Path, qemu_img: Path,
             return False, 'qemu-img compare: content differs'
         return False, f'qemu-img compare failed: {res.why()}'
     ok = out.stat().st_size == image.guest_size and \
-        _sha256(out) == image.guest_sha256
+        fx.sha256_file(out) == image.guest_sha256
     return ok, 'sha256 of guest data' if ok else 'guest sha256 differs'
-
-
-def free_socket_path(directory: Path, name: str) -> Path:
-    directory = fx.short_socket_dir(directory)
-    path = directory / name
-    if path.exists():
-        path.unlink()
-    return path
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return True
-    except OSError:
-        return False

@@ -61,7 +61,7 @@ class Ctx:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick = args.quick
-        self.build = bl.build_dir()
+        self.build = fx.build_dir()
         self.work = bl.work_dir()
         self.ca_dir = fx.get_ca_dir()
         self.ca_pem = self.ca_dir / 'ca.pem'
@@ -229,7 +229,7 @@ def run_one(ctx: Ctx, nginx: bl.BenchNginx, scenario: str, image: bl.Image,
         elif contender == 'nbdkit':
             if ctx.nbdkit is None:
                 raise RuntimeError(ctx.nbdkit_error or 'nbdkit not built')
-            sock = bl.free_socket_path(rundir, 'nbd.sock')
+            sock = fx.short_socket_dir(rundir) / 'nbd.sock'
             pid_file = rundir / 'nbdkit.pid'
             start = time.monotonic()
             server = bl.Background(
@@ -238,7 +238,8 @@ def run_one(ctx: Ctx, nginx: bl.BenchNginx, scenario: str, image: bl.Image,
                            'connections=16', f'cainfo={ctx.ca_pem}'],
                 rundir / 'nbdkit.log', pid_file=pid_file)
             try:
-                bl.wait_until(sock.exists, 30, 'the nbdkit socket', server)
+                fx.wait_for(sock.exists, 30, 'the nbdkit socket',
+                            interval=0.01, abort=server.exited)
                 node = {'driver': 'nbd',
                         'server': {'type': 'unix', 'path': str(sock)}}
                 if image.key == 'tar':

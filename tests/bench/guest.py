@@ -123,7 +123,7 @@ def ensure_disk(profile: str) -> None:
                            'build-guest.py', '--disk', profile],
                           timeout=900, log_base=bl.work_dir() / 'logs' /
                           'build-guest',
-                          env={'BUILD': str(bl.build_dir())})
+                          env={'BUILD': str(fx.build_dir())})
     if not res.ok:
         raise SystemExit(f'bench: scripts/build-guest.py failed: '
                          f'{res.why()}\n{res.stderr[-2000:]}')
@@ -321,7 +321,7 @@ def run_bench(scenarios: Sequence[str], reps: int,
             'date': datetime.datetime.now().astimezone().isoformat(
                 timespec='seconds'),
             'argv': sys.argv[1:], 'git': git_info(),
-            'qemu_base': read_text(bl.build_dir() / 'base-version'),
+            'qemu_base': read_text(fx.build_dir() / 'base-version'),
             'guest': guest.info, 'disk': {
                 'file_count': disk.file_count,
                 'file_bytes': disk.file_bytes,
