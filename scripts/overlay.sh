@@ -7,7 +7,8 @@
 # BASE is the pristine QEMU tree (never written), SRC the working copy that
 # is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
 # tests/, a plain file replaces the file at the same path in QEMU, and
-# FILE.patch is a unified diff against QEMU's FILE.  The project's own test
+# FILE.patch is a unified diff against QEMU's FILE; so is MAINTAINERS.patch at
+# the top.  The project's own test
 # and benchmark harness (tests/e2e, tests/bench, tests/harness, and the list
 # tests/expected-skips) is not part of the series and stays out of the tree.
 # The patches are applied in the order OVERLAY/series lists them; a patch that is not listed, a listed
@@ -21,7 +22,7 @@ set -eu
 
 die() { echo "overlay: error: $*" >&2; exit 1; }
 
-DIRS="block include qapi docs tests"
+DIRS="block include qapi docs tests MAINTAINERS.patch"
 PROJECT_ONLY="tests/e2e tests/bench tests/harness tests/expected-skips"
 
 # What the overlay provides, as paths relative to the QEMU tree: in a git

@@ -10,21 +10,25 @@
 
 patches/NNNN-*.txt say what each patch carries: "Files:" header lines
 (overlay paths: plain files, and FILE.patch for a file QEMU owns),
-"Maintainers: yes" when the patch brings MAINTAINERS up to date, then a
-blank line and the commit message.  patches/0000-cover-letter.txt is the
+"Maintainers: yes" when the patch adds the lines of MAINTAINERS.patch that
+concern the files there are so far, then a blank line and the commit
+message.  patches/0000-cover-letter.txt is the
 cover letter, its @BENCH@ replaced by the benchmark table of
 tests/bench/results/results.md.
 
 The patches are made as commits in a git repository of the base tree
 (BUILD/series-git), written with git format-patch under DIR
 (BUILD/series), then checked: every overlay file is in exactly one patch,
-the last commit's tree is the overlay build's tree (BUILD/src, but for
-MAINTAINERS), git am applies the series onto the base, and QEMU's
+the last commit's tree is the overlay build's tree (BUILD/src), git am
+applies the series onto the base, and QEMU's
 checkpatch passes every patch with no error and no warning.  Exits 1 if a
 check fails.
 
-MAINTAINERS: the base's CURL section is replaced by the one in this
-repository's MAINTAINERS, without the F: lines that match no file yet.
+MAINTAINERS.patch changes QEMU's CURL section, so that a patch adding a
+file of the driver would leave checkpatch asking whether MAINTAINERS needs
+updating until the patch that carries MAINTAINERS.patch.  A step with
+"Maintainers: yes" puts that section in early, without the F: lines that
+match no file yet; the step that carries MAINTAINERS.patch completes it.
 """
 
 import argparse
@@ -42,6 +46,7 @@ PATCHES = TOP / 'patches'
 PYTHON = '/usr/bin/python3'
 #: A fixed date, so that the same tree gives the same patches
 DATE = '2026-12-03T00:00:00+00:00'
+MAINTAINERS_PATCH = 'MAINTAINERS.patch'
 
 
 class SeriesError(Exception):
@@ -96,31 +101,38 @@ def curl_lines(lines: List[str]) -> Tuple[int, int]:
     return start, end
 
 
-def curl_section() -> List[str]:
-    """The CURL section of this repository's MAINTAINERS."""
-    lines = (TOP / 'MAINTAINERS').read_text().splitlines()
+def curl_section(base: Path) -> List[str]:
+    """The CURL section of MAINTAINERS once MAINTAINERS.patch is applied
+    to the base tree @base's."""
+    patched = run(['patch', '-F0', '-s', '-o', '-',
+                   str(base / 'MAINTAINERS'), str(TOP / MAINTAINERS_PATCH)],
+                  TOP).stdout
+    lines = patched.splitlines()
     start, end = curl_lines(lines)
     return lines[start:end]
 
 
-def update_maintainers(repo: Path) -> None:
-    """Put our CURL section into @repo's MAINTAINERS, with the F: lines
+def update_maintainers(repo: Path, section: List[str]) -> None:
+    """Put the CURL @section into @repo's MAINTAINERS, with the F: lines
     that match a file of @repo."""
     path = repo / 'MAINTAINERS'
     lines = path.read_text().splitlines()
     start, end = curl_lines(lines)
     tracked = run(['git', 'ls-files'], repo).stdout.splitlines()
     tracked += run(['git', 'ls-files', '--others'], repo).stdout.splitlines()
-    section = [line for line in curl_section()
-               if not line.startswith('F: ') or
-               fnmatch.filter(tracked, line[3:].strip())]
-    lines[start:end] = section
+    lines[start:end] = [line for line in section
+                        if not line.startswith('F: ') or
+                        fnmatch.filter(tracked, line[3:].strip())]
     path.write_text('\n'.join(lines) + '\n')
 
 
-def apply_file(repo: Path, name: str) -> None:
-    """Lay overlay file @name over @repo."""
-    if name.endswith('.patch'):
+def apply_file(repo: Path, name: str, section: List[str]) -> None:
+    """Lay overlay file @name over @repo (@section: the CURL section that
+    MAINTAINERS.patch gives)."""
+    if name == MAINTAINERS_PATCH:
+        # An earlier step may have put in part of it already
+        update_maintainers(repo, section)
+    elif name.endswith('.patch'):
         run(['patch', '-p1', '-F0', '--no-backup-if-mismatch', '-s',
              '-i', str(TOP / name)], repo)
     else:
@@ -129,14 +141,15 @@ def apply_file(repo: Path, name: str) -> None:
 
 
 def git_env() -> Dict[str, str]:
-    """The patches' author and committer: the maintainer that MAINTAINERS
-    names (not whoever runs this), at a fixed date."""
+    """The patches' author and committer: the maintainer that
+    MAINTAINERS.patch adds (not whoever runs this), at a fixed date."""
     env = dict(os.environ)
-    maintainer = next((line[3:] for line in curl_section()
-                       if line.startswith('M: ')), '')
+    patch = (TOP / MAINTAINERS_PATCH).read_text().splitlines()
+    maintainer = next((line[4:] for line in patch
+                       if line.startswith('+M: ')), '')
     match = re.fullmatch(r'(.+?)\s*<([^>]+)>', maintainer.strip())
     if not match:
-        raise SeriesError('MAINTAINERS names no maintainer (M:) for CURL')
+        raise SeriesError(f'{MAINTAINERS_PATCH} adds no maintainer (M:)')
     name, email = match.groups()
     env.update(GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email,
                GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email,
@@ -296,6 +309,7 @@ def make_series(build: Path, out: Path, steps: List[Path]) -> Path:
     repo = build / 'series-git'
     make_repo(base, repo)
     env = git_env()
+    section = curl_section(base)
     placed: List[str] = []
     for step in steps:
         files, maintainers, message = read_step(step)
@@ -304,10 +318,10 @@ def make_series(build: Path, out: Path, steps: List[Path]) -> Path:
                 raise SeriesError(f'{step.name}: {name} is in two patches')
             if not (TOP / name).is_file():
                 raise SeriesError(f'{step.name}: no such file {name}')
-            apply_file(repo, name)
+            apply_file(repo, name, section)
             placed.append(name)
         if maintainers:
-            update_maintainers(repo)
+            update_maintainers(repo, section)
         run(['git', 'add', '-A', '-f', '.'], repo)
         subprocess.run(['git', 'commit', '-q', '-s', '--no-verify', '-F',
                         '-'], cwd=repo, env=env, input=message, text=True,

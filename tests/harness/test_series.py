@@ -6,6 +6,7 @@
 # Copyright (C) 2026 The QEMU curl series authors
 """The parts of scripts/series.py that decide what goes in a patch."""
 
+import fnmatch
 import importlib.util
 import subprocess
 import tempfile
@@ -62,9 +63,14 @@ class SeriesTest(unittest.TestCase):
         (repo / 'block' / 'curl.c').write_text('')
         (repo / 'MAINTAINERS').write_text(
             'SSH\nF: block/ssh.c\n\nCURL\nL: qemu-block@nongnu.org\n'
-            'S: Odd Fixes\nF: block/curl.c\n\nGLUSTER\nF: block/gluster.c\n')
+            'S: Odd Fixes\nF: block/curl.c\n\nGLUSTER\nL: qemu-block@nongnu.org\n'
+            'F: block/gluster.c\n')
         subprocess.run(['git', 'init', '-q'], cwd=repo, check=True)
-        series.update_maintainers(repo)
+        base = self.tmp / 'base'
+        base.mkdir()
+        (base / 'MAINTAINERS').write_text(
+            (repo / 'MAINTAINERS').read_text())
+        series.update_maintainers(repo, series.curl_section(base))
         text = (repo / 'MAINTAINERS').read_text()
         section = text.split('CURL\n')[1].split('\n\n')[0].splitlines()
         self.assertIn('F: block/curl.c', section)
@@ -74,7 +80,20 @@ class SeriesTest(unittest.TestCase):
         self.assertNotIn('F: block/range-cache.c', section)
         self.assertNotIn('F: tests/qemu-iotests/tests/curl-*', section)
         self.assertTrue(text.startswith('SSH\nF: block/ssh.c\n\nCURL\n'))
-        self.assertTrue(text.endswith('\n\nGLUSTER\nF: block/gluster.c\n'))
+        self.assertTrue(text.endswith('\n\nGLUSTER\nL: qemu-block@nongnu.org'
+                                      '\nF: block/gluster.c\n'))
+
+    def test_maintainers_patch_names_files_of_the_series(self) -> None:
+        """Every F: line that MAINTAINERS.patch adds matches a file that
+        the overlay provides."""
+        files = [name[:-len('.patch')] if name.endswith('.patch') else name
+                 for name in series.overlay_files()]
+        added = [line[4:].strip() for line in
+                 (TOP / series.MAINTAINERS_PATCH).read_text().splitlines()
+                 if line.startswith('+F: ')]
+        self.assertIn('block/range-cache.c', added)
+        for pattern in added:
+            self.assertTrue(fnmatch.filter(files, pattern), pattern)
 
     def test_allowed_warning(self) -> None:
         allowed = series.ALLOWED_WARNING
