@@ -616,7 +616,7 @@ def plot_sweep(data: Dict[str, Any], png: Path, pdir: Path,
                  r['file_bytes'] / r['timeout'] / 1e6))
     colors = {4: '#999999', 8: '#1f77b4', 16: '#d62728', 32: '#2ca02c',
               64: '#9467bd'}
-    ra_dash = {'16M': 1, '32M': 2, 'max': 3, 'other': 4}
+    ra_dash = {'16M': 1, '32M': 2, '48M': 5, 'max': 3, 'other': 4}
     cmds = [f'set terminal pngcairo size 1600,{560 * ((len(combos) + 1) // 2)}'
             ' font "sans,10"', f'set output "{png}"',
             f'set multiplot layout {(len(combos) + 1) // 2},2 title '
@@ -626,8 +626,9 @@ def plot_sweep(data: Dict[str, Any], png: Path, pdir: Path,
             'but one block); open circles: cache > 64 MiB; x: timed out '
             '(upper bound); star: default"',
             'set logscale x 2', 'set xlabel "blocksize"',
-            'set xtics ("256K" 256, "512K" 512, "1M" 1024, "2M" 2048, '
-            '"4M" 4096, "8M" 8192, "16M" 16384)', 'set xrange [360:11600]',
+            'set xtics ("64K" 64, "128K" 128, "256K" 256, "512K" 512, '
+            '"1M" 1024, "2M" 2048, "4M" 4096, "8M" 8192, "16M" 16384)',
+            'set xrange [45:11600]',
             'set ylabel "MB/s"', 'set grid',
             'set key outside right top font ",9" spacing 0.9',
             'set yrange [0:*]']
@@ -644,7 +645,8 @@ def plot_sweep(data: Dict[str, Any], png: Path, pdir: Path,
             room = (p['blockcount'] - 1) * p['blocksize']
             ra = ('max' if p['readahead'] == room else
                   bl.size_opt(p['readahead'])
-                  if p['readahead'] in (16 * MiB, 32 * MiB) else 'other')
+                  if p['readahead'] in (16 * MiB, 32 * MiB, 48 * MiB)
+                  else 'other')
             if pk == point_key(DEFAULT_POINT):
                 default = (p['blocksize'] // KiB, thr)
             if mem > 64 * MiB:
@@ -678,7 +680,8 @@ def plot_sweep(data: Dict[str, Any], png: Path, pdir: Path,
             f = pdir / f'{scen}-{key}-default.dat'
             f.write_text(f'{default[0]} {default[1]:.3f}\n')
             plots.append(f'"{f}" using 1:2 with points pt 3 ps 3 lw 2 lc '
-                         'rgb "black" title "default (2M x 28, 16, 32M)"')
+                         f'rgb "black" title "default '
+                         f'({point_label(DEFAULT_POINT)})"')
         link = bl.SCENARIOS[scen][3]
         title = (f'{scen} {bl.SCENARIOS[scen][0].split(":")[0]}, '
                  f'{bl.IMAGE_DESC[key]} '
