@@ -12,7 +12,6 @@ to the committed results.md, byte for byte, through the command line.
 """
 
 import copy
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -20,20 +19,11 @@ import unittest
 from pathlib import Path
 from typing import Any, Dict, List
 
+from test_check import load  # the harness tests' module loader
+
 TOP = Path(__file__).resolve().parents[2]
 BENCH = TOP / 'tests' / 'bench'
 RESULTS = BENCH / 'results'
-
-
-def load(name: str, path: Path):  # type: ignore[no-untyped-def]
-    """Import the module at @path as @name."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 report = load('bench_report', BENCH / 'report.py')
 
