@@ -8,8 +8,8 @@
 # is built, OVERLAY this repository.  Under OVERLAY's block/ include/ qapi/ docs/
 # tests/, a plain file replaces the file at the same path in QEMU, and
 # FILE.patch is a unified diff against QEMU's FILE; so is MAINTAINERS.patch at
-# the top.  The project's own test
-# and benchmark harness (tests/e2e, tests/bench, tests/harness, and the list
+# the top.  The project's own test and benchmark harness (tests/e2e,
+# tests/bench, tests/harness, and the list
 # tests/expected-skips) is not part of the series and stays out of the tree.
 # The patches are applied in the order OVERLAY/series lists them; a patch that is not listed, a listed
 # patch that is missing, or one that does not apply exactly (no fuzz) stops
