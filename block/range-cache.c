@@ -355,6 +355,34 @@ static void range_cache_keep_ahead_locked(RangeCache *rc, RangeCacheBlock *b)
 }
 
 /*
+ * A read of a stream started at @pos, past @from, where what the stream had
+ * read ended: the blocks that end between the two were skipped, in part or
+ * whole (a format driver need not read every byte of its file), so they are
+ * no longer kept as unread.  Otherwise they would keep their room until a
+ * read that misses takes it, and readahead would find less and less room.
+ * The stream has passed them: they are the first to go.
+ */
+static void range_cache_pass_locked(RangeCache *rc, uint64_t from,
+                                    uint64_t pos)
+{
+    uint64_t index = range_cache_block_index(rc, from);
+
+    for (; ((index + 1) << rc->block_bits) <= pos; index++) {
+        RangeCacheBlock *b = range_cache_lookup_locked(rc, index);
+
+        if (!b || !b->unread) {
+            continue;
+        }
+        b->unread = false;
+        b->streamed = true;
+        if (b->refs == 0) {
+            range_cache_list_remove_locked(rc, b);
+            range_cache_list_add_locked(rc, b, RANGE_CACHE_LIST_STREAMED);
+        }
+    }
+}
+
+/*
  * Granules
  */
 
@@ -725,6 +753,7 @@ static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
                 } else {
                     st->window = MIN(rc->readahead, 2 * st->window);
                 }
+                range_cache_pass_locked(rc, st->end, pos);
                 st->end = end;
                 st->used = ++rc->stream_clock;
                 *longer = true;

@@ -748,6 +748,42 @@ static void test_readahead_unread(void)
     g_assert_cmpuint(stats.readahead_unread, ==, 2);
 }
 
+/*
+ * A stream that skips bytes (a format driver reads only what its clusters
+ * use) leaves what it skipped behind: those blocks are evicted first, and
+ * readahead keeps finding room instead of filling the cache with blocks
+ * nobody will read
+ */
+static void test_readahead_skipped(void)
+{
+    TestCache *tc = test_cache_new(256 * BS, 0, 8);
+    g_autofree char *ev = NULL;
+    RangeCacheStats stats;
+    uint64_t index;
+
+    range_cache_set_readahead(&tc->rc, 4 * BS, BS);
+    /* The first KiB of every block */
+    for (index = 0; index < 64; index++) {
+        test_read_sync(tc, index * BS, KiB);
+    }
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 62), ==,
+                    RANGE_CACHE_LIST_STREAMED);
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 64), ==,
+                    RANGE_CACHE_LIST_UNREAD);
+    /* Whole blocks skipped */
+    test_read_sync(tc, 66 * BS, KiB);
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 64), ==,
+                    RANGE_CACHE_LIST_STREAMED);
+    g_assert_cmpint(range_cache_block_list(&tc->rc, 65), ==,
+                    RANGE_CACHE_LIST_STREAMED);
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    ev = test_events(tc);
+    g_assert_null(strchr(ev, 'u'));
+    test_cache_free_stats(tc, &stats);
+    /* The block the last read is in, and the window of 4 after it */
+    g_assert_cmpuint(stats.readahead_unread, ==, 5);
+}
+
 /* What a driver asks for at open goes out in fetches of the size it says */
 static void test_read_ahead_at_open(void)
 {
@@ -1005,6 +1041,7 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/readahead-keeps-cached",
                     test_readahead_keeps_cached);
     g_test_add_func("/range-cache/readahead-unread", test_readahead_unread);
+    g_test_add_func("/range-cache/readahead-skipped", test_readahead_skipped);
     g_test_add_func("/range-cache/read-ahead-at-open",
                     test_read_ahead_at_open);
     g_test_add_func("/range-cache/wait-for-room", test_wait_for_room);
