@@ -43,6 +43,12 @@ QEMU_BUILD_BUG_ON(RANGE_CACHE_MIN_BLOCK_SIZE < RANGE_CACHE_GRANULE);
  */
 #define RANGE_CACHE_STREAM_GAP      (256 * KiB)
 
+/*
+ * The smallest fetch that readahead splits the end of the image into (see
+ * range_cache_readahead_size()).
+ */
+#define RANGE_CACHE_TAIL_FETCH      (256 * KiB)
+
 static void range_cache_event(RangeCache *rc, RangeCacheEvent event,
                               uint64_t offset, uint64_t bytes)
 {
@@ -601,8 +607,26 @@ static uint64_t range_cache_extend_fetch_locked(RangeCache *rc,
 }
 
 /*
+ * How much a readahead fetch that starts at @pos may cover, @max at most.
+ * Readahead keeps about readahead / readahead_fetch fetches in flight; near
+ * the end of the image, the bytes left are shared out over that many, so
+ * that the connections finish together rather than the last fetches
+ * running on alone while the others have nothing left to do.
+ */
+static uint64_t range_cache_readahead_size(const RangeCache *rc, uint64_t pos,
+                                           uint64_t max)
+{
+    uint64_t parallel = MAX(1, rc->readahead / MAX(1, rc->readahead_fetch));
+    uint64_t share = ROUND_UP((rc->length - pos) / parallel,
+                              RANGE_CACHE_GRANULE);
+
+    return MIN(max, MAX(share, RANGE_CACHE_TAIL_FETCH));
+}
+
+/*
  * Start fetches for the granules from @pos to @end that are neither valid
- * nor being fetched, each of @max bytes at most (or extend a fetch in
+ * nor being fetched, each of @max bytes at most (less for readahead near the
+ * end of the image) (or extend a fetch in
  * flight, by any length).  Returns where it stopped: before @end if
  * readahead found no room.
  */
@@ -626,8 +650,11 @@ static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
             reached = range_cache_extend_fetch_locked(rc, f, pos, stop,
                                                       readahead);
         } else {
+            uint64_t size = readahead ?
+                range_cache_readahead_size(rc, pos, max) : max;
+
             stop = range_cache_missing_end_locked(rc, pos,
-                                                  MIN(end, pos + max));
+                                                  MIN(end, pos + size));
             f = range_cache_new_fetch_locked(rc, pos, stop, readahead);
             reached = f ? f->end : pos;
         }

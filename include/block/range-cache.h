@@ -242,7 +242,9 @@ void range_cache_destroy(RangeCache *rc);
  *     RANGE_CACHE_GRANULE
  *
  * Readahead of a stream starts small and doubles with every read that
- * continues the stream, up to @bytes.
+ * continues the stream, up to @bytes.  Near the end of the image, the bytes
+ * left are split over @bytes / @fetch_size fetches (256 KiB at least), so
+ * that the fetches in flight end at about the same time.
  */
 void range_cache_set_readahead(RangeCache *rc, uint64_t bytes,
                                uint64_t fetch_size);

@@ -640,6 +640,49 @@ static void test_fetches_extend(void)
     test_cache_free(tc);
 }
 
+/*
+ * Near the end of the image, readahead shares out what is left over as
+ * many fetches as it keeps in flight (4 here), 256 KiB at least, instead of
+ * ending with whole fetches that the last connections carry alone
+ */
+static void test_readahead_tail(void)
+{
+    const uint64_t len = 16 * MiB;
+    TestCache *tc = test_cache_new_bs(len, 0, 64 * KiB, 128);
+    g_auto(GStrv) events = NULL;
+    unsigned smaller = 0, i;
+    uint64_t pos, last_end = 0;
+
+    range_cache_set_readahead(&tc->rc, 4 * MiB, 1 * MiB);
+    for (pos = 0; pos < len; pos += 64 * KiB) {
+        test_read_sync(tc, pos, 64 * KiB);
+    }
+    events = g_strsplit(tc->events->str, " ", -1);
+    for (i = 0; events[i]; i++) {
+        uint64_t off, bytes, share;
+
+        if (events[i][0] != 'r') {
+            continue;
+        }
+        g_assert_cmpint(sscanf(events[i], "r%" SCNu64 ":%" SCNu64, &off,
+                               &bytes), ==, 2);
+        share = MAX(ROUND_UP((len - off) / 4, RANGE_CACHE_GRANULE),
+                    256 * KiB);
+        g_assert_cmpuint(bytes, <=, MIN(1 * MiB, share));
+        if (off > len - 4 * MiB) {
+            g_assert_cmpuint(bytes, <, 1 * MiB);
+            smaller++;
+        }
+        last_end = MAX(last_end, off + bytes);
+    }
+    /* The last 4 MiB took more, smaller fetches than 4 of 1 MiB */
+    g_assert_cmpuint(smaller, >, 4);
+    g_assert_cmpuint(last_end, ==, len);
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, len);
+    test_cache_free(tc);
+}
+
 /* Random reads fetch nothing ahead */
 static void test_readahead_random(void)
 {
@@ -1035,6 +1078,7 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/readahead-sequential",
                     test_readahead_sequential);
     g_test_add_func("/range-cache/fetches-extend", test_fetches_extend);
+    g_test_add_func("/range-cache/readahead-tail", test_readahead_tail);
     g_test_add_func("/range-cache/readahead-random", test_readahead_random);
     g_test_add_func("/range-cache/readahead-two-streams",
                     test_readahead_two_streams);
