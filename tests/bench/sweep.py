@@ -27,7 +27,7 @@ from benchlib import KiB, MiB, log
 from contenders import Ctx, run_one
 
 DEFAULT_POINT = {'blocksize': 64 * KiB, 'blockcount': 896, 'connections': 16,
-                 'readahead': 32 * MiB}
+                 'readahead': 48 * MiB}
 
 
 def point_key(p: Dict[str, int]) -> Tuple[int, int, int, int]:

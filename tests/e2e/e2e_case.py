@@ -28,7 +28,7 @@ ERROR_TIMEOUT = 90.0
 #: of it past the image's offset, and ends on one or at the end of the file
 GRANULE = 4 * KiB
 #: The longest Range request the driver sends (a readahead fetch)
-LARGEST_FETCH = 2 * MiB
+LARGEST_FETCH = 4 * MiB
 #: What each warm-up fetch at open asks for, one per connection but one
 WARM_UP_FETCH = 64 * KiB
 

@@ -16,7 +16,7 @@
 # Every output is checked byte for byte (size and sha256 of the raw
 # output), and the server's log must show well-formed fetches: each GET
 # answered with 206, starting and ending on a 4 KiB granule (or at the
-# end of the file), at most 2 MiB long, over no more connections than
+# end of the file), at most 4 MiB long, over no more connections than
 # allowed; for raw images every byte of the file was asked for, and no
 # byte was asked for twice whenever the cache can hold the whole file.
 #

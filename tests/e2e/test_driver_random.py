@@ -13,7 +13,7 @@
 #
 # The server log must show well-formed fetches (assertFetchRanges: each
 # GET answered with 206, starting and ending on a 4 KiB granule or at
-# the end of the file, at most 2 MiB long), over no more connections
+# the end of the file, at most 4 MiB long), over no more connections
 # than allowed, that hold every byte read.  With the default options
 # the cache holds the whole image: no byte is fetched twice.  With a
 # small cache (4 blocks of 64 KiB, or a single block of 4 KiB) blocks

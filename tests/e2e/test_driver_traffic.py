@@ -4,7 +4,7 @@
 #
 # Every Range request is checked for its shape (assertFetchRanges): it
 # starts on a 4 KiB granule of the image, ends one byte before one or at
-# the end of the file, and is at most 2 MiB long; every GET is answered
+# the end of the file, and is at most 4 MiB long; every GET is answered
 # with 206.  Besides:
 #
 # * A sequential qemu-img convert of a file of S bytes (the raw and the
@@ -63,7 +63,7 @@ SPARSE_NAME = 'sparse.raw'
 
 #: The driver's defaults that the expectations below depend on
 DEFAULT_CONNECTIONS = 16
-DEFAULT_READAHEAD = 32 * MiB
+DEFAULT_READAHEAD = 48 * MiB
 #: What each warm-up fetch at open asks for
 
 #: A read that starts within 256 KiB of where a stream of reads ended
@@ -338,7 +338,7 @@ class DriverTrafficTest(E2ETestCase):
                              f'fetched {ahead} bytes ahead')
 
     def test_sequential_small_reads_default_readahead(self) -> None:
-        """Default readahead (32 MiB), 64 KiB blocks."""
+        """Default readahead (48 MiB), 64 KiB blocks."""
         self.check_sequential_reads('file.blocksize=64k', DEFAULT_READAHEAD)
 
     def test_sequential_small_reads_readahead_1m(self) -> None:
@@ -369,7 +369,7 @@ class DriverTrafficTest(E2ETestCase):
 
     def test_random_small_reads_no_readahead(self) -> None:
         """Random 4 KiB reads, 64 KiB blocks, the default readahead
-        (32 MiB): nothing is fetched ahead."""
+        (48 MiB): nothing is fetched ahead."""
         self.check_random_reads(self.images.raw.name, self.images.raw.size,
                                 'file.blocksize=64k', 20260502)
 
@@ -382,7 +382,7 @@ class DriverTrafficTest(E2ETestCase):
         """40 uniformly random 4 KiB reads of the 48 MiB image with 64 KiB
         blocks and the default readahead: every byte read is fetched, no
         byte twice (the cache holds the whole image).  Reads within the
-        readahead distance (32 MiB) of the stream before them do start
+        readahead distance (48 MiB) of the stream before them do start
         readahead: how much is printed."""
         rng = random.Random(20260503)
         image = self.images.raw

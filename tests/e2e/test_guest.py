@@ -21,7 +21,7 @@
 # is in the failure message.  What is checked is the outcome: the result line
 # says that every file of the disk was verified, the server sent the
 # guest's data in the ranges the new driver asks for (whole 4 KiB
-# granules from the offset, at most 2 MiB each), the fault happened.
+# granules from the offset, at most 4 MiB each), the fault happened.
 """A guest boots from an https:// drive and verifies its files."""
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from fixtures import (KiB, MissingPrerequisite, Nginx, RangeServer,
 from qemu_guest import BootResult, Guest, GuestDisk
 
 TAR_NAME = 'appliance.tar'
+#: How many times the driver asks again for what broke off (its default)
+DEFAULT_RETRIES = 2
 #: Every FAULT_EVERY-th GET of the range server is cut short
 FAULT_EVERY = 4
 #: ... after this many body bytes (less than any block asked for)
@@ -120,7 +122,7 @@ class GuestBootTest(E2ETestCase):
         """Assert that nginx sent at least the guest's files, and, with
         @fetches, that every range was one the new driver asks for:
         whole 4 KiB granules counted from @offset (the last one of the
-        file may end early), at most 2 MiB long."""
+        file may end early), at most 4 MiB long."""
         gets = self.nginx_gets(name)
         sent = sum(e['body_bytes_sent'] for e in gets)
         self.assertGreaterEqual(sent, self.disk.file_bytes,
@@ -199,6 +201,14 @@ class GuestBootTest(E2ETestCase):
             for e in gets if e['status'] == 206)
         for entry in faults:
             first, last = ranges[entry['seq']]
+            # The tries of one fetch end at the same byte.  A readahead
+            # fetch whose every try was cut short fails quietly when no
+            # read waits for it: nothing asks for the rest again, and the
+            # guest, which verified its files, did not need it
+            tries = [e['seq'] for e in faults if ranges[e['seq']][1] == last]
+            gave_up = len(tries) > DEFAULT_RETRIES
+            if gave_up and entry['seq'] == max(tries):
+                continue
             # (or, when the fetch had used up its tries, a read fetched
             # what it needed anew, from the granule the fetch stopped in)
             resumed = first + FAULT_BYTES
@@ -208,9 +218,11 @@ class GuestBootTest(E2ETestCase):
                             any(r[0] == resumed // GRANULE * GRANULE
                                 for r in later),
                             f'{entry["range"]} was not resumed')
-            self.assertTrue(any(a <= first and last <= b
-                                for a, b in arrived),
-                            f'not every byte of {entry["range"]} arrived')
+            if not gave_up:
+                self.assertTrue(any(a <= first and last <= b
+                                    for a, b in arrived),
+                                f'not every byte of {entry["range"]} '
+                                'arrived')
 
     # -- the stock driver, as a baseline
 
