@@ -625,10 +625,9 @@ static uint64_t range_cache_readahead_size(const RangeCache *rc, uint64_t pos,
 
 /*
  * Start fetches for the granules from @pos to @end that are neither valid
- * nor being fetched, each of @max bytes at most (less for readahead near the
- * end of the image) (or extend a fetch in
- * flight, by any length).  Returns where it stopped: before @end if
- * readahead found no room.
+ * nor being fetched, each of @max bytes at most, less for readahead near the
+ * end of the image (or extend a fetch in flight, by any length).  Returns
+ * where it stopped: before @end if readahead found no room.
  */
 static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
                                                  uint64_t end, uint64_t max,
