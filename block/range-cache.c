@@ -625,13 +625,14 @@ static uint64_t range_cache_readahead_size(const RangeCache *rc, uint64_t pos,
 
 /*
  * Start fetches for the granules from @pos to @end that are neither valid
- * nor being fetched, each of @max bytes at most, less for readahead near the
- * end of the image (or extend a fetch in flight, by any length).  Returns
- * where it stopped: before @end if readahead found no room.
+ * nor being fetched, each of @max bytes at most, less near the end of the
+ * image if @share_tail (or extend a fetch in flight, by any length).
+ * Returns where it stopped: before @end if readahead found no room.
  */
 static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
                                                  uint64_t end, uint64_t max,
-                                                 bool readahead)
+                                                 bool readahead,
+                                                 bool share_tail)
 {
     pos = QEMU_ALIGN_DOWN(pos, RANGE_CACHE_GRANULE);
     end = range_cache_granule_ceil(rc, end);
@@ -649,7 +650,7 @@ static uint64_t range_cache_fetch_missing_locked(RangeCache *rc, uint64_t pos,
             reached = range_cache_extend_fetch_locked(rc, f, pos, stop,
                                                       readahead);
         } else {
-            uint64_t size = readahead ?
+            uint64_t size = share_tail ?
                 range_cache_readahead_size(rc, pos, max) : max;
 
             stop = range_cache_missing_end_locked(rc, pos,
@@ -805,11 +806,12 @@ static RangeCacheStream *range_cache_find_stream_locked(RangeCache *rc,
 
 /*
  * Make sure that the bytes from @pos to @end are cached or being fetched,
- * as far as readahead may take room, in fetches of @max bytes at most.
- * Returns how far it got.
+ * as far as readahead may take room, in fetches of @max bytes at most (the
+ * end of the image shared out if @share_tail).  Returns how far it got.
  */
 static uint64_t range_cache_read_ahead_locked(RangeCache *rc, uint64_t pos,
-                                              uint64_t end, uint64_t max)
+                                              uint64_t end, uint64_t max,
+                                              bool share_tail)
 {
     uint64_t index, last;
 
@@ -824,7 +826,8 @@ static uint64_t range_cache_read_ahead_locked(RangeCache *rc, uint64_t pos,
             range_cache_keep_ahead_locked(rc, b);
         }
     }
-    return range_cache_fetch_missing_locked(rc, pos, end, max, true);
+    return range_cache_fetch_missing_locked(rc, pos, end, max, true,
+                                            share_tail);
 }
 
 /*
@@ -854,7 +857,7 @@ static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
     if (to > from && (to == rc->length ||
                       to - from >= MIN(rc->readahead_fetch, st->window / 2))) {
         st->ahead = range_cache_read_ahead_locked(rc, from, to,
-                                                  rc->readahead_fetch);
+                                                  rc->readahead_fetch, true);
     }
     return true;
 }
@@ -865,7 +868,7 @@ void range_cache_read_ahead(RangeCache *rc, uint64_t offset, uint64_t bytes,
     QEMU_LOCK_GUARD(rc->lock);
     range_cache_read_ahead_locked(rc, MIN(offset, rc->length),
                                   MIN(offset + bytes, rc->length),
-                                  fetch_size);
+                                  fetch_size, false);
 }
 
 /*
@@ -944,7 +947,8 @@ range_cache_co_wait_bytes_locked(RangeCache *rc, RangeCacheBlock *b,
 
         if (!f) {
             range_cache_fetch_missing_locked(rc, hole, end,
-                                             RANGE_CACHE_MISS_FETCH, false);
+                                             RANGE_CACHE_MISS_FETCH, false,
+                                             false);
             f = range_cache_find_fetch_locked(rc, hole);
             assert(f);
         }
@@ -1003,7 +1007,7 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
         /* Everything this batch misses goes out at once */
         batch_end = MIN(end, range_cache_block_end(held[n - 1]));
         range_cache_fetch_missing_locked(rc, pos, batch_end,
-                                         RANGE_CACHE_MISS_FETCH, false);
+                                         RANGE_CACHE_MISS_FETCH, false, false);
         if (first_batch) {
             streaming = range_cache_note_read_locked(rc, offset, end);
             first_batch = false;

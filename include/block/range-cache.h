@@ -271,9 +271,10 @@ void range_cache_set_fetches_extend(RangeCache *rc, bool extend);
  * @fetch_size: the largest fetch to start, a multiple of RANGE_CACHE_GRANULE
  *
  * Start fetching what is not cached of the bytes from @offset, as far as
- * readahead may take room, in fetches of @fetch_size at most; a driver
- * calls this at open to have its connections ready for the first reads.
- * The blocks are kept like readahead's.  Takes @rc's lock.
+ * readahead may take room, in fetches of @fetch_size at most (unlike a
+ * stream's readahead, near the end of the image too); a driver calls this
+ * at open to have its connections ready for the first reads.  The blocks
+ * are kept like readahead's.  Takes @rc's lock.
  */
 void range_cache_read_ahead(RangeCache *rc, uint64_t offset, uint64_t bytes,
                             uint64_t fetch_size);

@@ -838,6 +838,18 @@ static void test_read_ahead_at_open(void)
     test_read_sync(tc, 100, 50 * KiB);
     g_assert_cmpuint(tc->fetches, ==, 4);
     test_cache_free(tc);
+
+    /*
+     * Near the end of the image too: the end is not shared out over the
+     * fetches in flight, as for a stream's readahead
+     */
+    tc = test_cache_new_bs(1 * MiB, 0, 64 * KiB, 16);
+    range_cache_set_readahead(&tc->rc, 768 * KiB, 192 * KiB);
+    range_cache_read_ahead(&tc->rc, 0, 512 * KiB, 512 * KiB);
+    range_cache_read_ahead(&tc->rc, 512 * KiB, 128 * KiB, 64 * KiB);
+    assert_events(tc, "r0:524288 r524288:65536 r589824:65536");
+    test_complete_all(tc);
+    test_cache_free(tc);
 }
 
 /* A read that finds no room waits for a block to be released */
