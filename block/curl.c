@@ -42,6 +42,9 @@
 #if LIBCURL_VERSION_NUM >= 0x071e00     /* 7.30.0 */
 #define HAVE_CURLMOPT_MAX_HOST_CONNECTIONS
 #endif
+#if LIBCURL_VERSION_NUM >= 0x073900     /* 7.57.0 */
+#define HAVE_CURL_LOCK_DATA_CONNECT
+#endif
 
 #define CURL_OPT_URL                    "url"
 #define CURL_OPT_OFFSET                 "offset"
@@ -91,11 +94,16 @@
 #define CURL_READAHEAD_FETCH        (4 * MiB)
 
 /*
- * At open, every connection but one fetches this much of the start of the
+ * At open, every connection but one fetches a piece of the start of the
  * image, so that the connections exist (TCP and TLS handshakes done) by
  * the time a format driver has read its metadata and a stream starts, and
- * the first reads find their bytes on the way.
+ * the first reads find their bytes on the way.  The first piece is larger:
+ * it goes over the connection the probe left open, one round trip away,
+ * while the others wait for their handshakes (three round trips), and it
+ * holds the header of the image and the tables a format driver reads at
+ * open, which usually follow it (qcow2's are in the first 320 KiB).
  */
+#define CURL_WARM_UP_FIRST_FETCH    (512 * KiB)
 #define CURL_WARM_UP_FETCH          (64 * KiB)
 
 /*
@@ -228,6 +236,7 @@ struct BDRVCURLState {
     CURLFetchQueue readahead_queue;
     unsigned active;            /* transfers running */
     unsigned active_readahead;  /* of which for readahead */
+    unsigned warm_up_left;      /* readahead that may use any connection */
     bool error_reported;        /* stderr has a failure since a success */
     uint64_t nb_transfers;      /* statistics, traced at close */
     uint64_t nb_retries;
@@ -1271,11 +1280,15 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
 /*
  * Readahead may use every connection but one, which stays free for a read
  * that misses the cache: otherwise that read (the metadata a format driver
- * looks up, say) waits for a readahead transfer to end.
+ * looks up, say) waits for a readahead transfer to end.  The warm-up at
+ * open is the exception: a connection kept free would be a cold one, and
+ * a read that missed would pay its three round trips of handshakes, when
+ * the first warm-up fetch leaves a ready connection one round trip later.
  */
 static bool curl_may_read_ahead_locked(BDRVCURLState *s)
 {
-    return s->active_readahead < MAX(1, s->connections - 1);
+    return s->warm_up_left ||
+           s->active_readahead < MAX(1, s->connections - 1);
 }
 
 /* The next fetch to start, if one may start now; any queued one if @all */
@@ -1290,6 +1303,7 @@ static RangeCacheFetch *curl_dequeue_locked(BDRVCURLState *s, bool all)
     fetch = QSIMPLEQ_FIRST(&s->readahead_queue);
     if (fetch && (all || curl_may_read_ahead_locked(s))) {
         QSIMPLEQ_REMOVE_HEAD(&s->readahead_queue, queue_next);
+        s->warm_up_left -= !!s->warm_up_left;
         return fetch;
     }
     return NULL;
@@ -2123,9 +2137,14 @@ static bool curl_init_share(BDRVCURLState *s, Error **errp)
     ERRP_GUARD();
 
     /*
-     * Transfers resume TLS sessions and reuse DNS answers.  The handles that
-     * use the share never run concurrently (the probe is over before the
-     * transfers start), so it needs no lock callbacks.
+     * Transfers resume TLS sessions, reuse DNS answers and, but for FTP,
+     * the connection the probe opened: the first fetch at open then costs
+     * one round trip, not the three of a new TLS connection.  (An FTP
+     * transfer that took over the probe's control connection got no data
+     * from our test server until it timed out; FTP does not warm up
+     * anyway.)  The handles that use the share run in one thread at a time
+     * (the probe is over before the transfers start), so it needs no lock
+     * callbacks.
      */
     s->share = curl_share_init();
     if (!s->share) {
@@ -2136,6 +2155,12 @@ static bool curl_init_share(BDRVCURLState *s, Error **errp)
                               errp);
     curl_share_setopt_checked(s->share, CURLSHOPT_SHARE,
                               CURL_LOCK_DATA_SSL_SESSION, errp);
+#ifdef HAVE_CURL_LOCK_DATA_CONNECT
+    if (!curl_is_ftp(s)) {
+        curl_share_setopt_checked(s->share, CURLSHOPT_SHARE,
+                                  CURL_LOCK_DATA_CONNECT, errp);
+    }
+#endif
     return !*errp;
 }
 
@@ -2262,21 +2287,31 @@ static int curl_init_cache(BDRVCURLState *s, Error **errp)
 }
 
 /*
- * Open every connection but one in parallel now, each fetching the start of
- * the image: what the first reads of a format driver need is then on the
- * way, and the connections are ready when readahead wants them.  Not for
- * FTP, where every transfer opens a connection anyway, and not when the
- * user turned readahead off.
+ * Open every connection in parallel now, each fetching a piece of the start
+ * of the image: what the first reads of a format driver need is then on
+ * the way, and the connections are ready when readahead wants them.  Not
+ * for FTP, where every transfer opens a connection anyway, and not when
+ * the user turned readahead off.
  */
 static void curl_warm_up(BDRVCURLState *s)
 {
-    unsigned n = MAX(1, s->connections - 1);
+    RangeCacheFetch *fetch;
 
     if (!s->readahead || curl_is_ftp(s)) {
         return;
     }
-    range_cache_read_ahead(&s->cache, 0, n * CURL_WARM_UP_FETCH,
+    /* Queued first, so it takes the connection that is ready */
+    range_cache_read_ahead(&s->cache, 0, CURL_WARM_UP_FIRST_FETCH,
+                           CURL_WARM_UP_FIRST_FETCH);
+    range_cache_read_ahead(&s->cache, CURL_WARM_UP_FIRST_FETCH,
+                           (s->connections - 1) * CURL_WARM_UP_FETCH,
                            CURL_WARM_UP_FETCH);
+    WITH_QEMU_LOCK_GUARD(&s->mutex) {
+        /* No read yet: what is queued is the warm-up, if the cache had room */
+        QSIMPLEQ_FOREACH(fetch, &s->readahead_queue, queue_next) {
+            s->warm_up_left++;
+        }
+    }
 }
 
 static int curl_open(BlockDriverState *bs, QDict *options, int flags,

@@ -29,7 +29,9 @@ ERROR_TIMEOUT = 90.0
 GRANULE = 4 * KiB
 #: The longest Range request the driver sends (a readahead fetch)
 LARGEST_FETCH = 4 * MiB
-#: What each warm-up fetch at open asks for, one per connection but one
+#: What the warm-up at open asks for: its first fetch (over the connection
+#: that the size probe left open), then one fetch on each other connection
+WARM_UP_FIRST_FETCH = 512 * KiB
 WARM_UP_FETCH = 64 * KiB
 
 ServerT = TypeVar('ServerT')
@@ -41,6 +43,19 @@ def granule_range(offset: int, length: int, size: int) -> Tuple[int, int]:
     return (offset // GRANULE * GRANULE,
             min(-(-min(offset + length, size) // GRANULE) * GRANULE,
                 size) - 1)
+
+
+def warm_up_ranges(size: int, connections: int = 16
+                   ) -> List[Tuple[int, int]]:
+    """What the warm-up at open asks for, as inclusive ranges: 512 KiB
+    from the start of the image, then connections - 1 fetches of 64 KiB
+    one after the other, all cut at the end of an image of @size bytes."""
+    starts = [0] + [WARM_UP_FIRST_FETCH + i * WARM_UP_FETCH
+                    for i in range(connections - 1)]
+    ends = starts[1:] + [starts[-1] + (WARM_UP_FETCH if connections > 1
+                                       else WARM_UP_FIRST_FETCH)]
+    return [(first, min(end, size) - 1)
+            for first, end in zip(starts, ends) if first < size]
 
 
 def read_granules(reads: Iterable[Tuple[int, int]],

@@ -367,15 +367,15 @@ class DriverQemuTest(E2ETestCase):
                                            List[Tuple[int, int]]]:
         """A daemon exporting the standard raw image from the range
         server with 64 KiB blocks, 4 connections and readahead, whose
-        GETs from byte 64 KiB on stall (range server rule @options):
-        at open the driver warms up with three 64 KiB fetches, of which
-        the last two stall.  Two reads in the first granules are
-        answered; return the daemon, the export's URI and the ranges of
-        the stalled GETs, all readahead."""
-        self.range_server.set_faults([{'action': 'stall', 'from': 64 * KiB,
+        GETs from byte 512 KiB on stall (range server rule @options):
+        at open the driver warms up with a fetch of 512 KiB and three
+        of 64 KiB after it, which stall.  Two reads in the first
+        granules are answered; return the daemon, the export's URI and
+        the ranges of the stalled GETs, all readahead."""
+        self.range_server.set_faults([{'action': 'stall', 'from': 512 * KiB,
                                        **options}])
         qsd, uri = self.start_stalling_export(
-            *args, blocksize=64 * KiB, blockcount=8, connections=4,
+            *args, blocksize=64 * KiB, blockcount=16, connections=4,
             readahead=256 * KiB, timeout=60)
         # The reads need nothing of what stalls: they do not wait for it
         result = self.qemu_io('-r', '-f', 'raw', '-c', 'read 0 4k', '-c',
@@ -389,8 +389,8 @@ class DriverQemuTest(E2ETestCase):
         stalled = sorted(fixtures.parse_byte_range(e['range']) for e in
                          fixtures.wait_for(two_stalled, 10,
                                            'two stalled warm-up fetches'))
-        self.assertEqual(stalled[:2], [(64 * KiB, 128 * KiB - 1),
-                                       (128 * KiB, 192 * KiB - 1)])
+        self.assertEqual(stalled[:2], [(512 * KiB, 576 * KiB - 1),
+                                       (576 * KiB, 640 * KiB - 1)])
         self.assertFetchRanges(stalled, self.images.raw.size)
         return qsd, uri, stalled
 

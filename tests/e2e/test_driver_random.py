@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import ClassVar, Iterable, List, Optional, Sequence, Tuple
 
 import fixtures
-from e2e_case import (GRANULE, WARM_UP_FETCH, E2ETestCase, granule_range,
+from e2e_case import (GRANULE, WARM_UP_FETCH, WARM_UP_FIRST_FETCH, E2ETestCase,
+                      granule_range,
                       merge_ranges, overlapping_ranges)
 from fixtures import (CmdResult, ImageSet, KiB, MiB, Nginx, PatternRegion,
                       TestImage)
@@ -70,8 +71,8 @@ DEFAULT_CONNECTIONS = 16
 #: The readahead of SMALL_CACHE: (blockcount - 1) * blocksize
 SMALL_CACHE_READAHEAD = 3 * 64 * KiB
 #: Most bytes the warm-up at open asks for, with the default connections:
-#: connections - 1 fetches of 64 KiB
-WARM_UP_BYTES = 15 * WARM_UP_FETCH
+#: 512 KiB, then connections - 1 fetches of 64 KiB
+WARM_UP_BYTES = WARM_UP_FIRST_FETCH + 15 * WARM_UP_FETCH
 
 Ranges = List[Tuple[int, int]]
 

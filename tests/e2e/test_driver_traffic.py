@@ -18,9 +18,9 @@
 #   bytes, the granules of a second read that are already cached or on
 #   the way are not fetched again, and a read across a block boundary
 #   fetches the granules on both sides, once.  With the default
-#   readahead, the warm-up at open (connections - 1 fetches of 64 KiB
-#   from the start of the image) is all that two small reads at the
-#   start need: nothing else is fetched.
+#   readahead, the warm-up at open (512 KiB from the start of the image,
+#   then connections - 1 fetches of 64 KiB) is all that two small reads
+#   at the start need: nothing else is fetched.
 # * Readahead: many small sequential reads make the driver fetch what
 #   follows them, from half the readahead distance to the whole of it
 #   past the last byte read, no byte twice.  Small reads at random
@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import fixtures
-from e2e_case import (GRANULE, WARM_UP_FETCH, E2ETestCase, merge_ranges,
-                      overlapping_ranges, read_granules)
+from e2e_case import (GRANULE, E2ETestCase, merge_ranges, overlapping_ranges,
+                      read_granules, warm_up_ranges)
 from fixtures import (Binaries, FtpServer, ImageSet, KiB, MiB, Nginx,
                       RangeServer, TestImage)
 
@@ -64,7 +64,6 @@ SPARSE_NAME = 'sparse.raw'
 #: The driver's defaults that the expectations below depend on
 DEFAULT_CONNECTIONS = 16
 DEFAULT_READAHEAD = 48 * MiB
-#: What each warm-up fetch at open asks for
 
 #: A read that starts within 256 KiB of where a stream of reads ended
 #: continues it; reads farther apart than this are random reads
@@ -80,15 +79,6 @@ def socket_buffers_max() -> int:
         with open(f'/proc/sys/net/ipv4/{name}', encoding='ascii') as f:
             total += int(f.read().split()[2])
     return total
-
-
-def warm_up_ranges(size: int,
-                   connections: int = DEFAULT_CONNECTIONS) -> Ranges:
-    """What the warm-up at open asks for: connections - 1 fetches of
-    64 KiB, one after the other from the start of the image."""
-    return [(i * WARM_UP_FETCH, min((i + 1) * WARM_UP_FETCH, size) - 1)
-            for i in range(max(1, connections - 1))
-            if i * WARM_UP_FETCH < size]
 
 
 class DriverTrafficTest(E2ETestCase):
