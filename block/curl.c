@@ -94,10 +94,10 @@
 #define CURL_READAHEAD_FETCH        (4 * MiB)
 
 /*
- * At open, every connection but one fetches a piece of the start of the
- * image, so that the connections exist (TCP and TLS handshakes done) by
- * the time a format driver has read its metadata and a stream starts, and
- * the first reads find their bytes on the way.  The first piece is larger:
+ * At open, every connection fetches a piece of the start of the image, so
+ * that the connections exist (TCP and TLS handshakes done) by the time a
+ * format driver has read its metadata and a stream starts, and the first
+ * reads find their bytes on the way.  The first piece is larger:
  * it goes over the connection the probe left open, one round trip away,
  * while the others wait for their handshakes (three round trips), and it
  * holds the header of the image and the tables a format driver reads at
@@ -1303,7 +1303,9 @@ static RangeCacheFetch *curl_dequeue_locked(BDRVCURLState *s, bool all)
     fetch = QSIMPLEQ_FIRST(&s->readahead_queue);
     if (fetch && (all || curl_may_read_ahead_locked(s))) {
         QSIMPLEQ_REMOVE_HEAD(&s->readahead_queue, queue_next);
-        s->warm_up_left -= !!s->warm_up_left;
+        if (s->warm_up_left) {
+            s->warm_up_left--;
+        }
         return fetch;
     }
     return NULL;
@@ -2141,8 +2143,8 @@ static bool curl_init_share(BDRVCURLState *s, Error **errp)
      * the connection the probe opened: the first fetch at open then costs
      * one round trip, not the three of a new TLS connection.  (An FTP
      * transfer that took over the probe's control connection got no data
-     * from our test server until it timed out; FTP does not warm up
-     * anyway.)  The handles that use the share run in one thread at a time
+     * from the e2e tests' FTP server until it timed out; FTP does not warm
+     * up anyway.)  The handles that use the share run in one thread at a time
      * (the probe is over before the transfers start), so it needs no lock
      * callbacks.
      */
