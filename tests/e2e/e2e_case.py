@@ -78,6 +78,25 @@ def merge_ranges(ranges: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
     return merged
 
 
+def subtract_ranges(ranges: Iterable[Tuple[int, int]],
+                    cut: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The bytes of inclusive @ranges that none of @cut holds, as sorted
+    disjoint inclusive ranges."""
+    left = merge_ranges(ranges)
+    for c_first, c_last in merge_ranges(cut):
+        kept: List[Tuple[int, int]] = []
+        for first, last in left:
+            if last < c_first or first > c_last:
+                kept.append((first, last))
+                continue
+            if first < c_first:
+                kept.append((first, c_first - 1))
+            if last > c_last:
+                kept.append((c_last + 1, last))
+        left = kept
+    return left
+
+
 def overlapping_ranges(ranges: Iterable[Tuple[int, int]]
                        ) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
     """The pairs of inclusive @ranges that share a byte (each range

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import fixtures
 from e2e_case import (GRANULE, E2ETestCase, merge_ranges, overlapping_ranges,
-                      read_granules, warm_up_ranges)
+                      read_granules, subtract_ranges, warm_up_ranges)
 from fixtures import (Binaries, FtpServer, ImageSet, KiB, MiB, Nginx,
                       RangeServer, TestImage)
 
@@ -139,18 +139,20 @@ class DriverTrafficTest(E2ETestCase):
 
     def assertGranulesOfReads(self, ranges: Ranges,
                               reads: Sequence[Tuple[int, int]], size: int,
-                              also: Sequence[Tuple[int, int]] = ()
+                              may: Sequence[Tuple[int, int]] = ()
                               ) -> None:
         """Assert that @ranges, taken together, are exactly the granules
-        that hold the bytes of @reads (and @also), and that no byte was
-        asked for twice."""
+        that hold the bytes of @reads, besides any of the whole ranges
+        @may (fetches the driver may have sent, such as the warm-up at
+        open, of which close cancels those not sent yet), and that no
+        byte was asked for twice."""
         self.assertEqual(overlapping_ranges(ranges), [],
                          'bytes asked for twice')
-        self.assertEqual(merge_ranges(ranges),
-                         merge_ranges(read_granules(reads, size) +
-                                      list(also)),
+        sent = [r for r in ranges if r in may]
+        self.assertEqual(merge_ranges(r for r in ranges if r not in may),
+                         subtract_ranges(read_granules(reads, size), sent),
                          f'not the granules of the reads {reads}'
-                         f'{" and " + str(list(also)) if also else ""}')
+                         f'{" besides " + str(sent) if may else ""}')
 
     def qemu_io_reads(self, name: str, options: str,
                       reads: List[Tuple[int, int]]) -> Ranges:
@@ -275,17 +277,23 @@ class DriverTrafficTest(E2ETestCase):
 
     def test_two_reads_of_one_block_with_readahead(self) -> None:
         """The same with the default readahead: the warm-up at open
-        fetches the first 15 * 64 KiB, which holds both reads, and the
-        second read makes them a stream whose readahead window (256 KiB)
-        is within the warm-up: the GETs are the warm-up's, nothing is
-        fetched twice."""
+        fetches the first 512 KiB, which holds both reads, and 64 KiB
+        after it on each other connection; the second read makes the
+        reads a stream whose readahead window (256 KiB) is within the
+        warm-up: the GETs are the warm-up's, nothing is fetched twice."""
         image = self.images.raw
         self.qemu_io_reads(image.name, 'file.blocksize=64k',
                            [(0, 4 * KiB), (100, 4 * KiB)])
         ranges = self.nginx_ranges(image.name)
         self.assertFetchRanges(ranges, image.size, cover=(0, 100 + 4 * KiB),
                                once=True)
-        self.assertEqual(sorted(ranges), warm_up_ranges(image.size))
+        # (the warm-up's first fetch holds both reads; one of the others
+        # that was still unsent when qemu-io closed the image never
+        # reached the server)
+        warm_up = warm_up_ranges(image.size)
+        self.assertIn(warm_up[0], ranges)
+        self.assertEqual([r for r in ranges if r not in warm_up], [],
+                         'GETs that are not the warm-up\'s')
 
     def test_read_across_two_blocks_fetches_both_once(self) -> None:
         """A 1000-byte read across a 64 KiB block boundary, readahead=0:
@@ -343,8 +351,8 @@ class DriverTrafficTest(E2ETestCase):
         """40 reads of 4 KiB at random places of @name, each farther than
         RANDOM_READ_DISTANCE from every earlier one (so that none
         continues a stream): the driver decides on no readahead (its
-        trace), and the GETs are exactly the warm-up and the granules
-        read, no byte twice."""
+        trace), and the GETs are exactly the granules read and what of
+        the warm-up was sent, no byte twice."""
         rng = random.Random(seed)
         reads: List[Tuple[int, int]] = []
         while len(reads) < 40:
@@ -357,7 +365,7 @@ class DriverTrafficTest(E2ETestCase):
                          'readahead of random reads')
         ranges = self.nginx_ranges(name)
         self.assertGranulesOfReads(ranges, reads, size,
-                                   also=warm_up_ranges(size))
+                                   may=warm_up_ranges(size))
 
     def test_random_small_reads_no_readahead(self) -> None:
         """Random 4 KiB reads, 64 KiB blocks, the default readahead
