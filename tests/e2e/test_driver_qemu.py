@@ -40,7 +40,8 @@ import unittest
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import fixtures
-from e2e_case import ERROR_TIMEOUT, E2ETestCase
+from e2e_case import (ERROR_TIMEOUT, WARM_UP_FIRST_FETCH, E2ETestCase,
+                      warm_up_ranges)
 from fixtures import (ImageSet, KiB, MiB, Nginx, PatternRegion, QemuSystem,
                       RangeServer, StorageDaemon, TarMember, TestImage)
 
@@ -372,7 +373,8 @@ class DriverQemuTest(E2ETestCase):
         of 64 KiB after it, which stall.  Two reads in the first
         granules are answered; return the daemon, the export's URI and
         the ranges of the stalled GETs, all readahead."""
-        self.range_server.set_faults([{'action': 'stall', 'from': 512 * KiB,
+        self.range_server.set_faults([{'action': 'stall',
+                                       'from': WARM_UP_FIRST_FETCH,
                                        **options}])
         qsd, uri = self.start_stalling_export(
             *args, blocksize=64 * KiB, blockcount=16, connections=4,
@@ -391,8 +393,7 @@ class DriverQemuTest(E2ETestCase):
                                            'two stalled warm-up fetches'))
         # (which two of the three depends on the order they reach the
         # server in)
-        warm_up = [(512 * KiB + i * 64 * KiB, 576 * KiB + i * 64 * KiB - 1)
-                   for i in range(3)]
+        warm_up = warm_up_ranges(self.images.raw.size, 4)[1:]
         self.assertEqual(len(set(stalled[:2])), 2, stalled)
         for r in stalled[:2]:
             self.assertIn(r, warm_up)
