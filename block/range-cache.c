@@ -833,10 +833,14 @@ static uint64_t range_cache_read_ahead_locked(RangeCache *rc, uint64_t pos,
 /*
  * Called once for every read, of the bytes from @pos to @end.  From the
  * second read of a stream on, a read that makes the stream longer tops up
- * what is fetched ahead of it, when at least a fetch's worth (or half the
- * window) is missing, or the rest of the image: random reads fetch nothing
- * ahead.  Returns whether the
- * read is part of a stream of two reads or more.
+ * what is fetched ahead of it when at least a fetch's worth (or half the
+ * window, while the window grows) is missing, or the rest of the image.
+ * Once the window holds two fetches or more, it tops up in whole fetches
+ * and leaves the rest for the next read: every request costs the transport
+ * a round trip before its first byte, and a remainder of a few blocks
+ * would cost as much as a whole fetch.  (Not where fetches extend: there a
+ * remainder costs nothing.)  Random reads fetch nothing ahead.  Returns
+ * whether the read is part of a stream of two reads or more.
  */
 static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
                                          uint64_t end)
@@ -844,7 +848,7 @@ static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
     bool longer;
     RangeCacheStream *st = range_cache_find_stream_locked(rc, pos, end,
                                                           &longer);
-    uint64_t from, to;
+    uint64_t from, to, unit;
 
     if (!st || st->reads < 2) {
         return false;
@@ -854,11 +858,16 @@ static bool range_cache_note_read_locked(RangeCache *rc, uint64_t pos,
     }
     from = MAX(st->ahead, st->end);
     to = MIN(st->end + st->window, rc->length);
-    if (to > from && (to == rc->length ||
-                      to - from >= MIN(rc->readahead_fetch, st->window / 2))) {
-        st->ahead = range_cache_read_ahead_locked(rc, from, to,
-                                                  rc->readahead_fetch, true);
+    unit = MIN(rc->readahead_fetch, st->window / 2);
+    if (to <= from || (to < rc->length && to - from < unit)) {
+        return true;
     }
+    if (to < rc->length && unit == rc->readahead_fetch &&
+        !rc->fetches_extend) {
+        to = from + QEMU_ALIGN_DOWN(to - from, unit);
+    }
+    st->ahead = range_cache_read_ahead_locked(rc, from, to,
+                                              rc->readahead_fetch, true);
     return true;
 }
 

@@ -576,12 +576,14 @@ static void test_readahead_sequential(void)
     g_assert_cmpuint(range_cache_block_list(&tc->rc, 10), ==,
                      RANGE_CACHE_LIST_UNREAD);
     test_read_sync(tc, 8 * KiB, 4 * KiB);
-    /* 512 KiB */
+    /* 512 KiB, in whole fetches: the last 4 KiB wait for the next read */
     assert_events(tc, "r270336:65536 r335872:65536 r401408:65536 "
-                  "r466944:65536 r532480:4096 h8192:4096");
+                  "r466944:65536 h8192:4096");
     test_read_sync(tc, 12 * KiB, 4 * KiB);
-    g_assert_cmpuint(tc->rc.stats.readaheads, ==, 4 + 5 + 9);
-    test_drop_events(tc);
+    assert_events(tc, "r532480:65536 r598016:65536 r663552:65536 "
+                  "r729088:65536 r794624:65536 r860160:65536 r925696:65536 "
+                  "r991232:65536 h12288:4096");
+    g_assert_cmpuint(tc->rc.stats.readaheads, ==, 4 + 4 + 8);
     /* 1 MiB at most; a few bytes more are not worth a fetch */
     test_read_sync(tc, 16 * KiB, 4 * KiB);
     assert_events(tc, "h16384:4096");
@@ -678,6 +680,46 @@ static void test_readahead_tail(void)
     /* The last 4 MiB took more, smaller fetches than 4 of 1 MiB */
     g_assert_cmpuint(smaller, >, 4);
     g_assert_cmpuint(last_end, ==, len);
+    g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
+    g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, len);
+    test_cache_free(tc);
+}
+
+/*
+ * Once its window holds two fetches, readahead asks for whole fetches
+ * only: reads whose sizes do not divide the fetch size would otherwise
+ * leave a remainder after each whole fetch, a request that costs a round
+ * trip for a few blocks.  What is left over goes with the next whole
+ * fetch, and the end of the image is shared out.
+ */
+static void test_readahead_whole_fetches(void)
+{
+    const uint64_t len = 32 * MiB;
+    TestCache *tc = test_cache_new_bs(len, 0, 64 * KiB, 256);
+    g_auto(GStrv) events = NULL;
+    unsigned whole = 0, i;
+    uint64_t pos;
+
+    range_cache_set_readahead(&tc->rc, 4 * MiB, 1 * MiB);
+    for (pos = 0; pos < len; pos += 192 * KiB) {
+        test_read_sync(tc, pos, MIN(192 * KiB, len - pos));
+    }
+    events = g_strsplit(tc->events->str, " ", -1);
+    for (i = 0; events[i]; i++) {
+        uint64_t off, bytes;
+
+        if (events[i][0] != 'r') {
+            continue;
+        }
+        g_assert_cmpint(sscanf(events[i], "r%" SCNu64 ":%" SCNu64, &off,
+                               &bytes), ==, 2);
+        /* Past the first windows (which grow) and before the tail */
+        if (off >= 4 * MiB && off < len - 4 * MiB) {
+            g_assert_cmpuint(bytes, ==, 1 * MiB);
+            whole++;
+        }
+    }
+    g_assert_cmpuint(whole, ==, 24);
     g_assert_cmpuint(tc->rc.stats.misses, ==, 2);
     g_assert_cmpuint(tc->rc.stats.bytes_fetched, ==, len);
     test_cache_free(tc);
@@ -823,8 +865,11 @@ static void test_readahead_skipped(void)
     ev = test_events(tc);
     g_assert_null(strchr(ev, 'u'));
     test_cache_free_stats(tc, &stats);
-    /* The block the last read is in, and the window of 4 after it */
-    g_assert_cmpuint(stats.readahead_unread, ==, 5);
+    /*
+     * The block the last read is in, and the three whole blocks of the
+     * window after it (its last KiB waits for a next read)
+     */
+    g_assert_cmpuint(stats.readahead_unread, ==, 4);
 }
 
 /* What a driver asks for at open goes out in fetches of the size it says */
@@ -1091,6 +1136,8 @@ int main(int argc, char **argv)
                     test_readahead_sequential);
     g_test_add_func("/range-cache/fetches-extend", test_fetches_extend);
     g_test_add_func("/range-cache/readahead-tail", test_readahead_tail);
+    g_test_add_func("/range-cache/readahead-whole-fetches",
+                    test_readahead_whole_fetches);
     g_test_add_func("/range-cache/readahead-random", test_readahead_random);
     g_test_add_func("/range-cache/readahead-two-streams",
                     test_readahead_two_streams);
