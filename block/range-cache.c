@@ -466,11 +466,11 @@ static void range_cache_settle_locked(RangeCache *rc, uint64_t from,
  * Fetches
  */
 
-/* Where the bytes of @f are valid up to */
+/* Where the granules of @f are valid up to */
 static uint64_t range_cache_fetch_frontier(const RangeCacheFetch *f)
 {
-    return f->pos == f->end ? f->end :
-           QEMU_ALIGN_DOWN(f->pos, RANGE_CACHE_GRANULE);
+    return f->proven == f->end ? f->end :
+           QEMU_ALIGN_DOWN(f->proven, RANGE_CACHE_GRANULE);
 }
 
 /* The fetch that will write the granule at @pos, which is pending */
@@ -550,6 +550,7 @@ static RangeCacheFetch *range_cache_new_fetch_locked(RangeCache *rc,
     f->start = start;
     f->end = pos;
     f->pos = start;
+    f->proven = start;
     f->readahead = readahead;
     f->refs = 1;
     QTAILQ_INIT(&f->waiters);
@@ -578,7 +579,7 @@ static RangeCacheFetch *range_cache_fetch_ending_at_locked(RangeCache *rc,
         return NULL;
     }
     QTAILQ_FOREACH(f, &rc->fetches, next) {
-        if (f->end == pos) {
+        if (f->end == pos && !f->sealed) {
             return f;
         }
     }
@@ -678,11 +679,10 @@ static void range_cache_fetch_ready_locked(RangeCache *rc, RangeCacheFetch *f)
     }
 }
 
-bool range_cache_fetch_write_locked(RangeCache *rc, RangeCacheFetch *f,
+bool range_cache_fetch_store_locked(RangeCache *rc, RangeCacheFetch *f,
                                     const void *buf, size_t len)
 {
     const uint8_t *p = buf;
-    uint64_t from = range_cache_fetch_frontier(f);
 
     assert(!f->done);
     if (len > f->end - f->pos) {
@@ -699,9 +699,41 @@ bool range_cache_fetch_write_locked(RangeCache *rc, RangeCacheFetch *f,
         p += n;
         len -= n;
     }
+    return true;
+}
+
+void range_cache_fetch_prove_locked(RangeCache *rc, RangeCacheFetch *f)
+{
+    uint64_t from = range_cache_fetch_frontier(f);
+
+    assert(!f->done);
+    f->proven = f->pos;
     range_cache_settle_locked(rc, from, range_cache_fetch_frontier(f), true);
     range_cache_fetch_ready_locked(rc, f);
+}
+
+bool range_cache_fetch_write_locked(RangeCache *rc, RangeCacheFetch *f,
+                                    const void *buf, size_t len)
+{
+    if (!range_cache_fetch_store_locked(rc, f, buf, len)) {
+        return false;
+    }
+    range_cache_fetch_prove_locked(rc, f);
     return true;
+}
+
+uint64_t range_cache_fetch_discard_locked(RangeCache *rc, RangeCacheFetch *f)
+{
+    uint64_t discarded = f->pos - f->proven;
+
+    assert(!f->done);
+    f->pos = f->proven;
+    return discarded;
+}
+
+void range_cache_fetch_seal_locked(RangeCache *rc, RangeCacheFetch *f)
+{
+    f->sealed = true;
 }
 
 void range_cache_wake_locked(RangeCache *rc)
@@ -725,7 +757,9 @@ void range_cache_fetch_done_locked(RangeCache *rc, RangeCacheFetch *f,
     uint64_t index, last = range_cache_block_index(rc, f->end - 1);
 
     assert(!f->done);
-    assert(ret < 0 || f->pos == f->end);
+    assert(ret < 0 || f->proven == f->end);
+    f->pos = f->proven;
+    f->sealed = true;
     f->done = true;
     f->ret = ret;
     QTAILQ_REMOVE(&rc->fetches, f, next);
@@ -930,7 +964,10 @@ static void coroutine_fn range_cache_co_wait_locked(RangeCache *rc,
     }
     f->refs++;
     rc->stats.waits++;
-    range_cache_event(rc, RANGE_CACHE_WAIT, f->pos, until - f->pos);
+    range_cache_event(rc, RANGE_CACHE_WAIT, f->proven, until - f->proven);
+    if (rc->ops->wait) {
+        rc->ops->wait(rc->opaque, f);
+    }
 
     qemu_mutex_unlock(rc->lock);
     qemu_coroutine_yield();

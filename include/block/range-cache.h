@@ -77,26 +77,32 @@ typedef QTAILQ_HEAD(, RangeCacheWaiter) RangeCacheWaiterList;
 
 /*
  * A run of bytes to fetch, from @start to @end, maybe across blocks.  The
- * bytes arrive in order: those before @pos have.  The blocks it covers are
- * held until it is done.
+ * bytes arrive in order: those before @pos have been stored, and those
+ * before @proven are valid.  A transport proves bytes once it knows they
+ * are the ones asked for: as they arrive when the answer's framing says
+ * where each byte belongs, only at the end of the answer otherwise.  The
+ * blocks it covers are held until it is done.
  */
 typedef struct RangeCacheFetch {
     uint64_t start;             /* image offset of the first byte */
     /*
      * Image offset after the last byte; it may move further while the
-     * fetch is in flight (range_cache_set_fetches_extend())
+     * fetch is in flight and not @sealed (range_cache_set_fetches_extend())
      */
     uint64_t end;
     uint64_t pos;               /* image offset of the next byte to arrive */
+    uint64_t proven;            /* bytes before it are valid; <= @pos */
     bool readahead;             /* started by readahead, not by a read */
+    bool sealed;                /* @end no longer moves */
     bool done;                  /* range_cache_fetch_done_locked() ran */
     int ret;                    /* once done: 0, or -errno */
     unsigned refs;              /* its fetcher until done, and its waiters */
     RangeCacheWaiterList waiters;   /* by @until, lowest first */
     QTAILQ_ENTRY(RangeCacheFetch) next;     /* in RangeCache.fetches */
 
-    /* Free for the fetcher */
-    QSIMPLEQ_ENTRY(RangeCacheFetch) queue_next;
+    /* Free for the fetcher, while it queues the fetch */
+    QTAILQ_ENTRY(RangeCacheFetch) queue_next;
+    void *queue;                /* the queue it is on, or NULL */
 } RangeCacheFetch;
 
 /* What the cache did, reported to RangeCacheOps.event */
@@ -118,6 +124,14 @@ typedef struct RangeCacheOps {
      * cache.  Mandatory.
      */
     void (*fetch)(void *opaque, RangeCacheFetch *fetch);
+
+    /*
+     * A read starts waiting for @fetch: a fetcher that queues fetches
+     * should not leave this one behind others that nobody waits for.
+     * Called with the cache's lock held, in coroutine context; must not
+     * call back into the cache.  Optional.
+     */
+    void (*wait)(void *opaque, RangeCacheFetch *fetch);
 
     /*
      * Report what the cache did, for tracing: the image bytes from @offset
@@ -353,20 +367,83 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
                                      size_t qiov_offset);
 
 /**
+ * range_cache_fetch_store_locked:
+ * @rc: the cache
+ * @fetch: a fetch that is not done
+ * @buf: the bytes that arrived next, from @fetch->pos on
+ * @len: how many
+ *
+ * Stores the bytes and advances @fetch->pos, without making them valid:
+ * nobody reads them until range_cache_fetch_prove_locked(), and
+ * range_cache_fetch_discard_locked() or a failure forgets them.  Never
+ * drops the lock.
+ *
+ * Returns: false, storing nothing, if @len is more than the fetch has left
+ */
+bool range_cache_fetch_store_locked(RangeCache *rc, RangeCacheFetch *fetch,
+                                    const void *buf, size_t len);
+
+/**
+ * range_cache_fetch_prove_locked:
+ * @rc: the cache
+ * @fetch: a fetch that is not done
+ *
+ * The bytes of @fetch stored so far are the right ones: the granules they
+ * complete become valid, and the reads waiting for them are woken by the
+ * next range_cache_wake_locked().  Never drops the lock.
+ */
+void range_cache_fetch_prove_locked(RangeCache *rc, RangeCacheFetch *fetch);
+
+/**
  * range_cache_fetch_write_locked:
  * @rc: the cache
  * @fetch: a fetch that is not done
  * @buf: the bytes that arrived next, from @fetch->pos on
  * @len: how many
  *
- * Stores the bytes and advances @fetch->pos.  The granules they complete
- * become valid; the reads waiting for them are woken by the next
- * range_cache_wake_locked().  Never drops the lock.
+ * range_cache_fetch_store_locked(), then range_cache_fetch_prove_locked():
+ * for bytes that are known to be right as they arrive.
  *
  * Returns: false, storing nothing, if @len is more than the fetch has left
  */
 bool range_cache_fetch_write_locked(RangeCache *rc, RangeCacheFetch *fetch,
                                     const void *buf, size_t len);
+
+/**
+ * range_cache_fetch_discard_locked:
+ * @rc: the cache
+ * @fetch: a fetch that is not done
+ *
+ * Forgets the bytes stored since the last range_cache_fetch_prove_locked():
+ * the next ones to arrive are those from @fetch->proven on, so that a
+ * transfer that failed can be asked again for what it did not prove.
+ *
+ * Returns: how many bytes were forgotten
+ */
+uint64_t range_cache_fetch_discard_locked(RangeCache *rc,
+                                          RangeCacheFetch *fetch);
+
+/**
+ * range_cache_fetch_seal_locked:
+ * @rc: the cache
+ * @fetch: a fetch that is not done
+ *
+ * The end of @fetch no longer moves: with range_cache_set_fetches_extend(),
+ * a fetch whose transfer was stopped at its end must not be made longer
+ * by a read that comes before it is reported done.
+ */
+void range_cache_fetch_seal_locked(RangeCache *rc, RangeCacheFetch *fetch);
+
+/**
+ * range_cache_fetch_wanted:
+ * @fetch: a fetch
+ *
+ * Returns: whether a read waits for @fetch.  Lock held.
+ */
+static inline bool range_cache_fetch_wanted(const RangeCacheFetch *fetch)
+{
+    return !QTAILQ_EMPTY(&fetch->waiters);
+}
 
 /**
  * range_cache_wake_locked:
@@ -383,11 +460,12 @@ void range_cache_wake_locked(RangeCache *rc);
  * @fetch: a fetch that is not done
  * @ret: 0 if all of its bytes were written, else -errno
  *
- * Ends @fetch and wakes its waiters.  On failure, its bytes that did not
- * arrive are neither valid nor being fetched any more: the reads waiting
- * for them fail with @ret, and the next read of them fetches them again.
- * Drops @rc's lock while it wakes coroutines; @fetch may be freed before
- * it returns.
+ * Ends @fetch and wakes its waiters.  Success needs every byte of @fetch
+ * stored and proven.  On failure, its bytes that were not proven are
+ * neither valid nor being fetched any more: the reads waiting for them
+ * fail with @ret, and the next read of them fetches them again.  Drops
+ * @rc's lock while it wakes coroutines; @fetch may be freed before it
+ * returns.
  */
 void range_cache_fetch_done_locked(RangeCache *rc, RangeCacheFetch *fetch,
                                    int ret);

@@ -27,6 +27,7 @@ typedef struct TestCache {
     uint64_t remote_len;
     GQueue pending;             /* fetches the cache started */
     unsigned fetches;
+    GQueue waited;              /* each fetch a read started waiting for */
     unsigned finished;          /* reads that finished */
     GString *events;            /* "m0:4096 h0:100 ..." */
 } TestCache;
@@ -49,6 +50,13 @@ static void test_fetch(void *opaque, RangeCacheFetch *fetch)
     tc->fetches++;
 }
 
+static void test_wait(void *opaque, RangeCacheFetch *fetch)
+{
+    TestCache *tc = opaque;
+
+    g_queue_push_tail(&tc->waited, fetch);
+}
+
 static void test_event(void *opaque, RangeCacheEvent event, uint64_t offset,
                        uint64_t bytes)
 {
@@ -69,6 +77,7 @@ static void test_event(void *opaque, RangeCacheEvent event, uint64_t offset,
 
 static const RangeCacheOps test_ops = {
     .fetch = test_fetch,
+    .wait = test_wait,
     .event = test_event,
 };
 
@@ -86,6 +95,7 @@ static TestCache *test_cache_new_bs(uint64_t remote_len,
         tc->image[i] = i * 7 + (i >> 12);
     }
     g_queue_init(&tc->pending);
+    g_queue_init(&tc->waited);
     tc->events = g_string_new(NULL);
     g_assert_cmpint(range_cache_init(&tc->rc, remote_len - remote_offset,
                                      remote_offset, block_size, capacity,
@@ -104,6 +114,7 @@ static TestCache *test_cache_new(uint64_t remote_len, uint64_t remote_offset,
 static void test_cache_free_stats(TestCache *tc, RangeCacheStats *stats)
 {
     g_assert(g_queue_is_empty(&tc->pending));
+    g_queue_clear(&tc->waited);
     range_cache_destroy(&tc->rc);
     if (stats) {
         *stats = tc->rc.stats;
@@ -643,6 +654,123 @@ static void test_fetches_extend(void)
 }
 
 /*
+ * A transfer that stopped a fetch where it ends seals it: a read that comes
+ * before the fetch is reported done, right where it ends, starts a fetch
+ * of its own instead of making the finished one longer (the driver drops
+ * the lock to wake readers between the two)
+ */
+static void test_sealed_not_extended(void)
+{
+    TestCache *tc = test_cache_new_bs(4 * MiB, 0, 16 * KiB, 128);
+    RangeCacheFetch *f;
+    TestRead *r;
+
+    range_cache_set_fetches_extend(&tc->rc, true);
+    r = test_read_start(tc, 0, 4 * KiB);
+    f = test_nth(tc, 0);
+    test_write(tc, f, f->end - f->pos);
+    test_read_end(r);
+    qemu_mutex_lock(&tc->lock);
+    range_cache_fetch_seal_locked(&tc->rc, f);
+    qemu_mutex_unlock(&tc->lock);
+
+    r = test_read_start(tc, 4 * KiB, 4 * KiB);
+    g_assert_cmpuint(f->end, ==, 4 * KiB);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 2);
+    test_complete_all(tc);
+    test_read_end(r);
+    g_assert_cmpuint(tc->rc.stats.extensions, ==, 0);
+    test_cache_free(tc);
+}
+
+/* Store bytes without proving them: the next @n bytes of @f, as @byte */
+static void test_store(TestCache *tc, RangeCacheFetch *f, uint64_t n,
+                       uint8_t byte)
+{
+    g_autofree uint8_t *junk = g_malloc(n);
+
+    memset(junk, byte, n);
+    qemu_mutex_lock(&tc->lock);
+    g_assert_true(range_cache_fetch_store_locked(&tc->rc, f, junk, n));
+    qemu_mutex_unlock(&tc->lock);
+}
+
+/*
+ * Bytes that a transport stored but did not prove are never read: a read
+ * waits until they are proven, and those of a failed answer are forgotten,
+ * whether the fetch is asked for again or fails
+ */
+static void test_unproven_bytes(void)
+{
+    TestCache *tc = test_cache_new_bs(1 * MiB, 0, 64 * KiB, 4);
+    RangeCacheFetch *f;
+    TestRead *r;
+
+    r = test_read_start(tc, 0, 16 * KiB);
+    f = test_nth(tc, 0);
+    g_assert_cmpuint(f->end, ==, 16 * KiB);
+
+    /* A broken answer: its bytes are forgotten, and asked for again */
+    test_store(tc, f, 12 * KiB, 0xee);
+    g_assert_false(r->done);
+    qemu_mutex_lock(&tc->lock);
+    g_assert_cmpuint(range_cache_fetch_discard_locked(&tc->rc, f), ==,
+                     12 * KiB);
+    qemu_mutex_unlock(&tc->lock);
+    g_assert_cmpuint(f->pos, ==, 0);
+
+    /* A good one, proven once it is over */
+    qemu_mutex_lock(&tc->lock);
+    g_assert_true(range_cache_fetch_store_locked(&tc->rc, f, tc->image,
+                                                 16 * KiB));
+    qemu_mutex_unlock(&tc->lock);
+    g_assert_false(r->done);
+    qemu_mutex_lock(&tc->lock);
+    range_cache_fetch_prove_locked(&tc->rc, f);
+    range_cache_wake_locked(&tc->rc);
+    qemu_mutex_unlock(&tc->lock);
+    test_read_end(r);
+    test_complete_all(tc);
+
+    /* A fetch that fails with unproven bytes leaves none of them */
+    r = test_read_start(tc, 16 * KiB, 8 * KiB);
+    f = test_nth(tc, 0);
+    test_store(tc, f, 8 * KiB, 0xee);
+    g_queue_pop_head(&tc->pending);
+    qemu_mutex_lock(&tc->lock);
+    range_cache_fetch_done_locked(&tc->rc, f, -EPROTO);
+    qemu_mutex_unlock(&tc->lock);
+    g_assert_true(r->done);
+    g_assert_cmpint(r->ret, ==, -EPROTO);
+    test_read_free(r);
+    test_read_sync(tc, 16 * KiB, 48 * KiB);
+    g_assert_cmpuint(tc->fetches, ==, 3);
+    test_cache_free(tc);
+}
+
+/*
+ * A read that waits for a fetch tells the fetcher, so that it can start
+ * readahead that a read now needs before readahead that nobody needs
+ */
+static void test_wait_hook(void)
+{
+    TestCache *tc = test_cache_new_bs(4 * MiB, 0, 64 * KiB, 64);
+    TestRead *r;
+
+    range_cache_set_readahead(&tc->rc, 1 * MiB, 256 * KiB);
+    range_cache_read_ahead(&tc->rc, 0, 1 * MiB, 256 * KiB);
+    g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 4);
+    g_assert_true(g_queue_is_empty(&tc->waited));
+
+    r = test_read_start(tc, 600 * KiB, 4 * KiB);
+    g_assert_cmpuint(g_queue_get_length(&tc->waited), ==, 1);
+    g_assert_true(g_queue_peek_head(&tc->waited) == test_nth(tc, 2));
+    test_complete_all(tc);
+    test_read_end(r);
+    test_cache_free(tc);
+}
+
+/*
  * Near the end of the image, readahead shares out what is left over as
  * many fetches as it keeps in flight (4 here), 256 KiB at least, instead of
  * ending with whole fetches that the last connections carry alone
@@ -1135,6 +1263,10 @@ int main(int argc, char **argv)
     g_test_add_func("/range-cache/readahead-sequential",
                     test_readahead_sequential);
     g_test_add_func("/range-cache/fetches-extend", test_fetches_extend);
+    g_test_add_func("/range-cache/sealed-not-extended",
+                    test_sealed_not_extended);
+    g_test_add_func("/range-cache/unproven-bytes", test_unproven_bytes);
+    g_test_add_func("/range-cache/wait-hook", test_wait_hook);
     g_test_add_func("/range-cache/readahead-tail", test_readahead_tail);
     g_test_add_func("/range-cache/readahead-whole-fetches",
                     test_readahead_whole_fetches);
