@@ -19,6 +19,7 @@
 #include "qapi/qmp/qerror.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
+#include "qemu/host-utils.h"
 #include "qemu/lockable.h"
 #include "qemu/module.h"
 #include "qemu/option.h"
@@ -44,6 +45,9 @@
 #endif
 #if LIBCURL_VERSION_NUM >= 0x073900     /* 7.57.0 */
 #define HAVE_CURL_LOCK_DATA_CONNECT
+#endif
+#if LIBCURL_VERSION_NUM >= 0x073b00     /* 7.59.0 */
+#define HAVE_CURLINFO_FILETIME_T
 #endif
 
 #define CURL_OPT_URL                    "url"
@@ -108,22 +112,51 @@
 
 /*
  * A transfer that broke off (a reset connection, a short body, a 5xx, 408
- * or 429 answer) is asked for again, for what did not arrive, 'retries'
- * times before its readers see the error.  The first retry waits about
- * CURL_RETRY_DELAY_MS, each next one twice as long, at most
- * CURL_RETRY_MAX_DELAY_MS; a server that says when to come back
- * (Retry-After) is believed up to CURL_RETRY_MAX_DELAY_MS too.  So the
- * retries of a fetch wait at most 'retries' * 10 seconds in all.
+ * or 429 answer) is asked for again, for what did not arrive.  'retries'
+ * bounds the attempts in a row that bring nothing new (less than
+ * RANGE_CACHE_GRANULE more of the fetch proven), so that a server that
+ * cuts every answer short still gets a fetch through, a granule at a time
+ * at worst, and one that delivers nothing fails it soon.  The first retry
+ * after such an attempt waits about CURL_RETRY_DELAY_MS, each next one
+ * twice as long, at most CURL_RETRY_MAX_DELAY_MS; a server that says when
+ * to come back (Retry-After) is believed up to CURL_RETRY_MAX_DELAY_MS
+ * too.  So a fetch of N granules ends after N * ('retries' + 1) +
+ * 'retries' attempts at most, and waits at most 'retries' * 10 seconds
+ * after each attempt that moved it forward.  The default is that of
+ * nbdkit's retry filter and of aria2c: five.
  */
-#define CURL_DEFAULT_RETRIES        2
+#define CURL_DEFAULT_RETRIES        5
 #define CURL_MAX_RETRIES            16
 #define CURL_RETRY_DELAY_MS         100
 #define CURL_RETRY_MAX_DELAY_MS     10000
 
 #define CURL_MAX_REDIRECTS          16
 
+/*
+ * The look at the remote file at open (HEAD, its redirects, and the GET of
+ * the first byte that replaces a HEAD the server refuses) blocks the
+ * caller, the main loop of a VM for blockdev-add: it has this long in all,
+ * whatever 'timeout' is.
+ */
+#define CURL_PROBE_TIMEOUT_S        30
+
+/*
+ * The longest ETag or Last-Modified that an answer is checked by.  RFC
+ * 9110 sets no limit; object stores send about 40 characters.  A longer
+ * one is not trusted: an answer that carries it cannot prove anything.
+ */
+#define CURL_MAX_VALIDATOR          1024
+
 /* How often the transfers are checked for progress, when 'timeout' is set */
 #define CURL_WATCHDOG_MS            500
+
+/*
+ * A drain waits this long at most for the transfers that no read waits
+ * for: the warm-up of a node is still on its way when the block layer
+ * drains it after a format driver's look at it (about two round trips on
+ * a 150 ms link), and its bytes are about to be read.
+ */
+#define CURL_DRAIN_GRACE_MS         500
 
 #ifdef HAVE_CURLOPT_PROTOCOLS_STR
 #define CURL_PROTOCOLS              "HTTP,HTTPS,FTP,FTPS"
@@ -133,23 +166,48 @@
 #endif
 
 typedef struct BDRVCURLState BDRVCURLState;
-typedef QSIMPLEQ_HEAD(, RangeCacheFetch) CURLFetchQueue;
+typedef QTAILQ_HEAD(, RangeCacheFetch) CURLFetchQueue;
 
-/* What the headers of an HTTP answer said; FTP has none of these */
+/* An ETag or a Last-Modified of an answer */
+typedef struct CURLValidator {
+    bool seen;                  /* the answer has the header */
+    bool bad;                   /* empty, too long, or sent twice unlike */
+    char value[CURL_MAX_VALIDATOR + 1];
+} CURLValidator;
+
+/*
+ * What the headers of an HTTP answer said; FTP has none of these.  Every
+ * number is as curl_parse_number() read it: digits only, at most
+ * BDRV_MAX_LENGTH.  A header that is sent twice with different values, or
+ * cannot be parsed, makes its field invalid, never a guess.
+ */
 typedef struct CURLHeaders {
     bool http;                  /* an HTTP status line was seen */
     long status;                /* and the status it gave */
     bool accept_ranges;         /* Accept-Ranges: bytes */
-    bool has_range;             /* Content-Range: bytes FIRST-LAST/TOTAL */
-    bool has_total;             /* Content-Range: bytes * / TOTAL */
+    bool range_seen;            /* Content-Range was sent */
+    bool has_range;             /* as bytes FIRST-LAST/TOTAL, valid */
+    bool has_total;             /* as bytes * / TOTAL, valid (a 416) */
     uint64_t range_first;
     uint64_t range_last;
     uint64_t range_total;
-    char etag[128];
-    char last_modified[64];
+    bool length_seen;           /* Content-Length was sent */
+    bool length_bad;            /* and is not one valid number */
+    uint64_t length;
+    bool coded;                 /* Transfer-Encoding: the body is framed */
+    CURLValidator etag;
+    CURLValidator last_modified;
     char content_encoding[32];  /* empty if none */
     int64_t retry_after_ms;     /* Retry-After, or -1 */
 } CURLHeaders;
+
+/* What proves that an answer comes from the file opened */
+typedef enum CURLPin {
+    CURL_PIN_SIZE,              /* nothing but its size: no validator */
+    CURL_PIN_ETAG,              /* its strong ETag */
+    CURL_PIN_LAST_MODIFIED,     /* its Last-Modified date */
+    CURL_PIN_MDTM,              /* FTP: its modification time */
+} CURLPin;
 
 /*
  * One easy handle, and the fetch it runs.  Only used in the AioContext,
@@ -165,10 +223,13 @@ typedef struct CURLTransfer {
     uint64_t first;             /* remote byte range asked for, inclusive */
     uint64_t last;
     uint64_t received;          /* body bytes of this answer */
+    uint64_t proven_before;     /* fetch->proven when it was sent */
     int64_t start_ns;
     int64_t progress_ns;        /* when the last bytes arrived */
-    unsigned attempt;           /* 0 for the first request of the fetch */
+    unsigned attempt;           /* requests in a row that brought nothing */
     int64_t retry_at_ms;        /* when to ask again, or 0 */
+    bool checked;               /* the answer passed its checks */
+    bool framed;                /* Content-Length says where each byte is */
     bool open_ended;            /* asked to the end of the file (FTP) */
     bool cut;                   /* and stopped at the end of the fetch */
     int ret;                    /* -errno when our own checks failed */
@@ -188,6 +249,7 @@ typedef struct CURLSocket {
 
 struct BDRVCURLState {
     /* Set at open and constant afterwards */
+    BlockDriverState *bs;       /* counts the transfers in flight */
     char *url;
     char *url_shown;            /* url without its query or password */
     uint64_t remote_offset;     /* added to every range request */
@@ -209,9 +271,9 @@ struct BDRVCURLState {
     char *proxy_username;
     char *proxy_password;
     uint64_t remote_len;        /* length of the whole remote file */
-    char *etag;                 /* the file's ETag at open, or NULL */
-    char *last_modified;        /* its Last-Modified at open, or NULL */
-    const char *validator;      /* one of them, sent as If-Range */
+    CURLPin pin;                /* what answers must carry besides */
+    char *validator;            /* ETag or Last-Modified; If-Range */
+    int64_t mtime;              /* for CURL_PIN_MDTM */
     char *extra_headers;        /* the user's, one per line, or NULL */
     struct curl_slist *origin_headers;  /* sent to url's origin */
     struct curl_slist *other_headers;   /* sent to any other */
@@ -221,13 +283,14 @@ struct BDRVCURLState {
 
     /*
      * Protects the cache (whose own lock it is), the queues, the transfers
-     * and what is below.  The multi handle and the transfers' easy handles
-     * are only used in aio_context, with the lock held, so that the
-     * callbacks libcurl makes (curl_sock_cb, curl_timer_cb, curl_write_cb,
-     * curl_header_cb) run with it held.  range_cache_fetch_done_locked()
-     * and range_cache_wake_locked() drop it while they wake readers.  The
-     * probe at open runs its own easy handle in the main loop, before any
-     * of this is set up, without the lock.  Reads may come from any thread.
+     * and everything below.  The multi handle and the transfers' easy
+     * handles are used with the lock held, in aio_context's thread but at
+     * close, so that the callbacks libcurl makes (curl_sock_cb,
+     * curl_timer_cb, curl_write_cb, curl_header_cb) run with it held.
+     * range_cache_fetch_done_locked() and range_cache_wake_locked() drop it
+     * while they wake readers.  The probe at open runs its own easy handle
+     * in the main loop, before any of this is set up, without the lock.
+     * Reads may come from any thread.
      */
     QemuMutex mutex;
     RangeCache cache;
@@ -237,19 +300,27 @@ struct BDRVCURLState {
     unsigned active;            /* transfers running */
     unsigned active_readahead;  /* of which for readahead */
     unsigned warm_up_left;      /* readahead that may use any connection */
+    bool quiesced;              /* drained: start no readahead */
+    int64_t drain_deadline_ns;  /* and stop what is left of it then */
     bool error_reported;        /* stderr has a failure since a success */
     uint64_t nb_transfers;      /* statistics, traced at close */
     uint64_t nb_retries;
     uint64_t nb_reads;
     uint64_t read_wait_ns;      /* how long reads took, in all */
 
-    /* Only used in aio_context; moved by attach and detach */
+    /*
+     * The event loop the transfers run in, NULL while detached.  Its fd
+     * handlers, timers and bottom halves are set and cleared with the lock
+     * held, and each of them returns at once if it finds the node detached
+     * (curl_detach_aio_context() waits for those that already started).
+     */
     AioContext *aio_context;
     QEMUTimer timer;            /* libcurl's timeout */
     QEMUTimer watchdog;         /* checks that transfers progress */
     QEMUTimer retry_timer;      /* asks again for what broke off */
-    QEMUBH *start_bh;           /* starts queued fetches in aio_context */
-    QLIST_HEAD(, CURLSocket) sockets;
+    QEMUTimer drain_timer;      /* stops readahead of a drained node */
+    QEMUBH *start_bh;           /* starts queued fetches */
+    QLIST_HEAD(, CURLSocket) sockets;   /* that libcurl asked us to watch */
 };
 
 /*
@@ -298,64 +369,122 @@ static void curl_check_share_setopt(CURLSHcode ret, const char *name,
 
 /*
  * The header callback: parse what we need of one header line.  Redirects
- * bring several answers; each status line starts a new one.
+ * and interim (1xx) answers bring several answers; each status line starts
+ * a new one.
  */
-static bool curl_header_is(const char *line, size_t len, const char *name,
-                           const char **value, size_t *value_len)
+
+/*
+ * If @line is the header @name, its value without the whitespace around
+ * it, as a string; "" if the value has a control character (a NUL byte
+ * included), which no value we parse may hold.  Else NULL.
+ */
+static char *curl_header_value(const char *line, size_t len, const char *name)
 {
     size_t n = strlen(name);
+    size_t i;
 
     if (len <= n || line[n] != ':' || g_ascii_strncasecmp(line, name, n)) {
-        return false;
+        return NULL;
     }
     line += n + 1;
     len -= n + 1;
-    while (len && g_ascii_isspace(*line)) {
+    while (len && (line[0] == ' ' || line[0] == '\t')) {
         line++;
         len--;
     }
     while (len && g_ascii_isspace(line[len - 1])) {
         len--;
     }
-    *value = line;
-    *value_len = len;
+    for (i = 0; i < len; i++) {
+        if (g_ascii_iscntrl(line[i]) && line[i] != '\t') {
+            return g_strdup("");
+        }
+    }
+    return g_strndup(line, len);
+}
+
+/*
+ * Parse the decimal number at *@p, advancing *@p past it.  A number from
+ * the network: digits only (no sign, no space), and at most
+ * BDRV_MAX_LENGTH, so that no sum or product of two of them overflows.
+ */
+static bool curl_parse_number(const char **p, uint64_t *value)
+{
+    const char *q = *p;
+    uint64_t n = 0;
+
+    if (!g_ascii_isdigit(*q)) {
+        return false;
+    }
+    while (g_ascii_isdigit(*q)) {
+        unsigned digit = *q++ - '0';
+
+        if (n > (BDRV_MAX_LENGTH - digit) / 10) {
+            return false;
+        }
+        n = n * 10 + digit;
+    }
+    *p = q;
+    *value = n;
     return true;
 }
 
-static void curl_copy_value(char *dst, size_t size, const char *v, size_t len)
+/* Parse "bytes FIRST-LAST/TOTAL", or "bytes * /TOTAL" (in a 416) */
+static void curl_parse_content_range(const char *v, CURLHeaders *h)
 {
-    if (len < size) {
-        memcpy(dst, v, len);
-        dst[len] = '\0';
-    } else {
-        dst[0] = '\0';      /* too long to be of use: ignore it */
-    }
-}
+    const char *p = v + strlen("bytes ");
+    uint64_t first, last, total;
 
-/* Parse "bytes FIRST-LAST/TOTAL" */
-static bool curl_parse_content_range(const char *v, size_t len,
-                                     CURLHeaders *h)
-{
-    g_autofree char *str = g_strndup(v, len);
-    const char *p;
-
-    if (!g_str_has_prefix(str, "bytes ")) {
-        return false;
+    if (h->range_seen) {
+        /* Twice: which one would be right? */
+        h->has_range = h->has_total = false;
+        return;
     }
-    p = str + strlen("bytes ");
+    h->range_seen = true;
+    if (g_ascii_strncasecmp(v, "bytes ", strlen("bytes "))) {
+        return;
+    }
     if (*p == '*') {
-        /* 416: no range, but the length of the file */
-        h->has_total = *++p == '/' &&
-                       !qemu_strtou64(p + 1, NULL, 10, &h->range_total);
-        return false;
+        p++;
+        h->has_total = *p++ == '/' && curl_parse_number(&p, &total) && !*p;
+        h->range_total = h->has_total ? total : 0;
+        return;
     }
-    if (qemu_strtou64(p, &p, 10, &h->range_first) || *p++ != '-' ||
-        qemu_strtou64(p, &p, 10, &h->range_last) || *p++ != '/' ||
-        qemu_strtou64(p, NULL, 10, &h->range_total) ||
-        h->range_first > h->range_last || h->range_last >= h->range_total) {
-        return false;
+    if (!curl_parse_number(&p, &first) || *p++ != '-' ||
+        !curl_parse_number(&p, &last) || *p++ != '/' ||
+        !curl_parse_number(&p, &total) || *p ||
+        first > last || last >= total) {
+        return;
     }
-    return true;
+    h->has_range = true;
+    h->range_first = first;
+    h->range_last = last;
+    h->range_total = total;
+}
+
+static void curl_parse_content_length(const char *v, CURLHeaders *h)
+{
+    const char *p = v;
+    uint64_t len;
+
+    if (!curl_parse_number(&p, &len) || *p ||
+        (h->length_seen && h->length != len)) {
+        h->length_bad = true;
+    }
+    h->length_seen = true;
+    h->length = len;
+}
+
+/* An ETag or a Last-Modified, kept as it is: it is compared byte for byte */
+static void curl_parse_validator(const char *v, CURLValidator *val)
+{
+    if (!*v || strlen(v) > CURL_MAX_VALIDATOR ||
+        (val->seen && strcmp(val->value, v))) {
+        val->bad = true;
+    } else {
+        pstrcpy(val->value, sizeof(val->value), v);
+    }
+    val->seen = true;
 }
 
 /* Parse "HTTP/1.1 503 Slow Down" */
@@ -363,26 +492,29 @@ static long curl_parse_status(const char *line, size_t len)
 {
     g_autofree char *str = g_strndup(line, len);
     const char *p = strchr(str, ' ');
-    long status;
+    uint64_t status;
 
-    if (!p || qemu_strtol(p + 1, &p, 10, &status) || status < 100 ||
-        status > 999) {
+    if (!p) {
+        return 0;
+    }
+    p++;
+    if (!curl_parse_number(&p, &status) || status < 100 || status > 999) {
         return 0;
     }
     return status;
 }
 
 /* Parse Retry-After: seconds, or an HTTP date */
-static int64_t curl_parse_retry_after(const char *v, size_t len)
+static int64_t curl_parse_retry_after(const char *v)
 {
-    g_autofree char *str = g_strndup(v, len);
+    const char *p = v;
     uint64_t seconds;
     time_t when;
 
-    if (!qemu_strtou64(str, NULL, 10, &seconds)) {
+    if (curl_parse_number(&p, &seconds) && !*p) {
         return MIN(seconds, INT64_MAX / 1000) * 1000;
     }
-    when = curl_getdate(str, NULL);
+    when = curl_getdate(v, NULL);
     if (when == -1) {
         return -1;
     }
@@ -394,8 +526,7 @@ static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
 {
     CURLHeaders *h = opaque;
     size_t len = size * nmemb;
-    const char *v;
-    size_t vlen;
+    g_autofree char *v = NULL;
 
     if (len >= 5 && !memcmp(line, "HTTP/", 5)) {
         *h = (CURLHeaders) {
@@ -403,20 +534,24 @@ static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
             .status = curl_parse_status(line, len),
             .retry_after_ms = -1,
         };
-    } else if (curl_header_is(line, len, "retry-after", &v, &vlen)) {
-        h->retry_after_ms = curl_parse_retry_after(v, vlen);
-    } else if (curl_header_is(line, len, "accept-ranges", &v, &vlen)) {
-        h->accept_ranges = vlen == 5 && !g_ascii_strncasecmp(v, "bytes", 5);
-    } else if (curl_header_is(line, len, "content-range", &v, &vlen)) {
-        h->has_range = curl_parse_content_range(v, vlen, h);
-    } else if (curl_header_is(line, len, "etag", &v, &vlen)) {
-        curl_copy_value(h->etag, sizeof(h->etag), v, vlen);
-    } else if (curl_header_is(line, len, "last-modified", &v, &vlen)) {
-        curl_copy_value(h->last_modified, sizeof(h->last_modified), v, vlen);
-    } else if (curl_header_is(line, len, "content-encoding", &v, &vlen)) {
-        curl_copy_value(h->content_encoding, sizeof(h->content_encoding),
-                        v, vlen);
-        if (!h->content_encoding[0] && vlen) {
+    } else if ((v = curl_header_value(line, len, "retry-after"))) {
+        h->retry_after_ms = curl_parse_retry_after(v);
+    } else if ((v = curl_header_value(line, len, "accept-ranges"))) {
+        h->accept_ranges = !g_ascii_strcasecmp(v, "bytes");
+    } else if ((v = curl_header_value(line, len, "content-range"))) {
+        curl_parse_content_range(v, h);
+    } else if ((v = curl_header_value(line, len, "content-length"))) {
+        curl_parse_content_length(v, h);
+    } else if ((v = curl_header_value(line, len, "transfer-encoding"))) {
+        h->coded = true;
+    } else if ((v = curl_header_value(line, len, "etag"))) {
+        curl_parse_validator(v, &h->etag);
+    } else if ((v = curl_header_value(line, len, "last-modified"))) {
+        curl_parse_validator(v, &h->last_modified);
+    } else if ((v = curl_header_value(line, len, "content-encoding"))) {
+        if (strlen(v) < sizeof(h->content_encoding) && *v) {
+            pstrcpy(h->content_encoding, sizeof(h->content_encoding), v);
+        } else {
             pstrcpy(h->content_encoding, sizeof(h->content_encoding), "?");
         }
     }
@@ -703,11 +838,13 @@ curl_transfer_fail(CURLTransfer *t, int ret, const char *fmt, ...)
 /*
  * The event loop: libcurl tells us what to watch, the event loop tells
  * libcurl what happened, the readers whose bytes arrived are woken, and
- * every finished transfer is handled.
+ * every finished transfer is handled.  Every handler returns at once if
+ * the node left its AioContext while the handler waited for the lock.
  */
 
 static void curl_start_transfers_locked(BDRVCURLState *s);
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result);
+static void curl_quiesce_locked(BDRVCURLState *s);
 
 static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
 {
@@ -715,6 +852,9 @@ static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
     int running, left;
 
     QEMU_LOCK_GUARD(&s->mutex);
+    if (!s->aio_context) {
+        return;
+    }
     curl_multi_socket_action(s->multi, fd, events, &running);
     range_cache_wake_locked(&s->cache);
     while ((msg = curl_multi_info_read(s->multi, &left))) {
@@ -725,6 +865,10 @@ static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
         }
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
         curl_transfer_done_locked(t, msg->data.result);
+    }
+    if (s->quiesced) {
+        /* The reads just woken may need no more of their fetches */
+        curl_quiesce_locked(s);
     }
     curl_start_transfers_locked(s);
 }
@@ -749,17 +893,32 @@ static void curl_timer_expired(void *opaque)
 }
 
 /* Watch @sock in aio_context for what libcurl asked, or not at all */
-static void curl_watch_socket(BDRVCURLState *s, CURLSocket *sock, bool watch)
+static void curl_watch_socket_locked(BDRVCURLState *s, CURLSocket *sock,
+                                     bool watch)
 {
     bool in = watch && (sock->what & CURL_POLL_IN);
     bool out = watch && (sock->what & CURL_POLL_OUT);
 
-    aio_set_fd_handler(s->aio_context, sock->fd,
-                       in ? curl_sock_read_cb : NULL,
-                       out ? curl_sock_write_cb : NULL, NULL, NULL, sock);
+    if (s->aio_context) {
+        aio_set_fd_handler(s->aio_context, sock->fd,
+                           in ? curl_sock_read_cb : NULL,
+                           out ? curl_sock_write_cb : NULL, NULL, NULL, sock);
+    }
 }
 
-/* CURLMOPT_SOCKETFUNCTION; called with the lock held */
+/* Arm @timer of aio_context to fire at @when_ms, unless we are detached */
+static void curl_timer_mod_locked(BDRVCURLState *s, QEMUTimer *timer,
+                                  int64_t when_ms)
+{
+    if (s->aio_context) {
+        timer_mod(timer, when_ms);
+    }
+}
+
+/*
+ * CURLMOPT_SOCKETFUNCTION; called with the lock held.  Detached, the
+ * sockets are only recorded: curl_attach_aio_context() watches them.
+ */
 static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
                         void *socketp)
 {
@@ -769,7 +928,7 @@ static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     trace_curl_sock_cb(s, what, fd);
     if (what == CURL_POLL_REMOVE) {
         if (sock) {
-            curl_watch_socket(s, sock, false);
+            curl_watch_socket_locked(s, sock, false);
             QLIST_REMOVE(sock, next);
             g_free(sock);
         }
@@ -783,7 +942,7 @@ static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
         curl_multi_assign(s->multi, fd, sock);
     }
     sock->what = what;
-    curl_watch_socket(s, sock, true);
+    curl_watch_socket_locked(s, sock, true);
     return 0;
 }
 
@@ -796,8 +955,9 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     if (timeout_ms < 0) {
         timer_del(&s->timer);
     } else {
-        timer_mod(&s->timer,
-                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + timeout_ms);
+        curl_timer_mod_locked(s, &s->timer,
+                              qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                              timeout_ms);
     }
     return 0;
 }
@@ -806,31 +966,7 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * Transfers
  */
 
-/* Whether two entity tags name the same version, weak or not */
-static bool curl_etag_equal(const char *a, const char *b)
-{
-    return !strcmp(g_str_has_prefix(a, "W/") ? a + 2 : a,
-                   g_str_has_prefix(b, "W/") ? b + 2 : b);
-}
-
-/*
- * Whether an answer comes from the file we opened, as far as its headers
- * tell: by its ETag when it has one and the file had one at open, else by
- * its Last-Modified date.  Whatever the status: a cache in front of the
- * server may ignore If-Range and send a range of a newer file.
- */
-static bool curl_answer_is_pinned_file(BDRVCURLState *s, CURLHeaders *h)
-{
-    if (s->etag && h->etag[0]) {
-        return curl_etag_equal(s->etag, h->etag);
-    }
-    if (s->last_modified && h->last_modified[0]) {
-        return !strcmp(s->last_modified, h->last_modified);
-    }
-    return true;
-}
-
-/* The Content-Length of the answer, or -1 if it has none */
+/* The Content-Length of the answer as libcurl has it, or -1 if none */
 static int64_t curl_content_length(CURL *easy)
 {
 #ifdef HAVE_CURLINFO_CONTENT_LENGTH_DOWNLOAD_T
@@ -845,22 +981,111 @@ static int64_t curl_content_length(CURL *easy)
     return len < 0 ? -1 : len;
 }
 
-/* Check the answer before its first byte is stored */
+/* The modification time of an FTP file (MDTM), or -1 if unknown */
+static int64_t curl_filetime(CURL *easy)
+{
+#ifdef HAVE_CURLINFO_FILETIME_T
+    curl_off_t mtime = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_FILETIME_T, &mtime);
+#else
+    long mtime = -1;
+
+    curl_easy_getinfo(easy, CURLINFO_FILETIME, &mtime);
+#endif
+    return mtime;
+}
+
+/*
+ * Whether an answer comes from the file pinned at open: it carries the
+ * validator that the file had then, byte for byte.  Whatever the status: a
+ * cache in front of the server may ignore If-Range and send a range of a
+ * newer file.  An answer that lacks the validator proves nothing, and is
+ * refused like one that has another.
+ */
+static bool curl_transfer_check_pin(CURLTransfer *t)
+{
+    BDRVCURLState *s = t->s;
+    CURLValidator *v;
+    const char *name;
+
+    switch (s->pin) {
+    case CURL_PIN_SIZE:
+        return true;
+    case CURL_PIN_MDTM:
+        if (curl_filetime(t->easy) != s->mtime) {
+            return curl_transfer_fail(t, -ESTALE, "the remote file changed "
+                                      "since it was opened (its "
+                                      "modification time is not the same)");
+        }
+        return true;
+    case CURL_PIN_ETAG:
+        v = &t->headers.etag;
+        name = "ETag";
+        break;
+    default:
+        v = &t->headers.last_modified;
+        name = "Last-Modified";
+        break;
+    }
+    if (!v->seen) {
+        return curl_transfer_fail(t, -EPROTO, "the answer has no %s, so it "
+                                  "cannot be checked against the file "
+                                  "opened (%s %s)", name, name,
+                                  s->validator);
+    }
+    if (v->bad) {
+        return curl_transfer_fail(t, -ESTALE, "the remote file changed "
+                                  "since it was opened (an invalid or "
+                                  "overlong %s, not %s)", name,
+                                  s->validator);
+    }
+    if (strcmp(v->value, s->validator)) {
+        return curl_transfer_fail(t, -ESTALE, "the remote file changed "
+                                  "since it was opened (%s %s, not %s)",
+                                  name, v->value, s->validator);
+    }
+    return true;
+}
+
+/*
+ * An FTP transfer asks for the rest of the file from t->first: libcurl
+ * checks the file's size (SIZE) first, and says how much is left
+ */
+static bool curl_transfer_check_ftp(CURLTransfer *t)
+{
+    BDRVCURLState *s = t->s;
+    int64_t left = curl_content_length(t->easy);
+
+    if (left >= 0 && left != s->remote_len - t->first) {
+        return curl_transfer_fail(t, -ESTALE, "the remote file changed: it "
+                                  "has %" PRIu64 " bytes, not %" PRIu64,
+                                  t->first + left, s->remote_len);
+    }
+    t->framed = true;       /* the data connection carries bytes in order */
+    return curl_transfer_check_pin(t);
+}
+
+/*
+ * Check an HTTP answer before its first byte is stored: the status, the
+ * range and the length it announces, against what was asked and what the
+ * file was at open.  Its bytes are proven as they come only if a
+ * Content-Length frames them; else (chunked, or ended by the connection's
+ * close) only once the answer is over and complete.
+ */
 static bool curl_transfer_check_answer(CURLTransfer *t)
 {
     BDRVCURLState *s = t->s;
     CURLHeaders *h = &t->headers;
+    uint64_t expected;
     long status = 0;
 
     if (!h->http) {
-        return true;        /* FTP: REST and SIZE do not lie */
+        return curl_transfer_check_ftp(t);
     }
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (!curl_answer_is_pinned_file(s, h)) {
-        return curl_transfer_fail(t, -ESTALE, "the remote file changed "
-                                  "since it was opened (it no longer "
-                                  "matches %s)", h->etag[0] && s->etag ?
-                                  s->etag : s->last_modified);
+    if (!curl_transfer_check_pin(t)) {
+        return false;
     }
     if (h->content_encoding[0] &&
         g_ascii_strcasecmp(h->content_encoding, "identity")) {
@@ -870,8 +1095,6 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
                                   h->content_encoding);
     }
     if (status == 206 && h->has_range) {
-        int64_t len = curl_content_length(t->easy);
-
         if (h->range_total != s->remote_len) {
             return curl_transfer_fail(t, -ESTALE, "the remote file "
                                       "changed: it has %" PRIu64 " bytes, "
@@ -885,20 +1108,27 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
                                       h->range_first, h->range_last,
                                       t->first, t->last);
         }
-        if (len >= 0 && len != t->last - t->first + 1) {
-            return curl_transfer_fail(t, -EPROTO, "the server announced %"
-                                      PRId64 " bytes for a range of %"
-                                      PRIu64, len, t->last - t->first + 1);
-        }
-        return true;
+        expected = t->last - t->first + 1;
+    } else if (status == 200 && t->first == 0 &&
+               t->last == s->remote_len - 1) {
+        expected = s->remote_len;       /* the whole file, as asked */
+    } else {
+        return curl_transfer_fail(t, -EPROTO, "the server answered a range "
+                                  "request with HTTP %ld%s", status,
+                                  status == 206 ?
+                                  " but no valid Content-Range" : "");
     }
-    if (status == 200 && t->first == 0 && t->last == s->remote_len - 1) {
-        return true;        /* the whole file, as asked */
+    if (h->length_bad) {
+        return curl_transfer_fail(t, -EPROTO, "the server sent an invalid "
+                                  "Content-Length");
     }
-    return curl_transfer_fail(t, -EPROTO, "the server answered a range "
-                              "request with HTTP %ld%s", status,
-                              status == 206 ?
-                              " but no valid Content-Range" : "");
+    if (h->length_seen && h->length != expected) {
+        return curl_transfer_fail(t, -EPROTO, "the server announced %"
+                                  PRIu64 " bytes for a range of %" PRIu64,
+                                  h->length, expected);
+    }
+    t->framed = h->length_seen && !h->coded;
+    return true;
 }
 
 /* CURLOPT_WRITEFUNCTION; called with the lock held */
@@ -907,35 +1137,40 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
 {
     CURLTransfer *t = opaque;
     BDRVCURLState *s = t->s;
+    RangeCacheFetch *f = t->fetch;
     size_t len = size * nmemb;
+    size_t n = len;
 
     if (curl_is_redirect(t->headers.status)) {
         return len;         /* the body of a redirect: followed when done */
     }
-    if (t->received == 0 && !curl_transfer_check_answer(t)) {
+    if (!t->checked && !curl_transfer_check_answer(t)) {
         return 0;
     }
+    t->checked = true;
     if (t->open_ended) {
         /* A read or readahead may have made the fetch longer since */
-        RangeCacheFetch *f = t->fetch;
-        size_t n = MIN(len, f->end - f->pos);
-
+        n = MIN(len, f->end - f->pos);
         t->last = s->remote_offset + f->end - 1;
-        if (n) {
-            range_cache_fetch_write_locked(&s->cache, f, ptr, n);
-            t->received += n;
-            t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
-        }
         t->cut = n < len;
-        return t->cut ? 0 : len;
     }
-    if (!range_cache_fetch_write_locked(&s->cache, t->fetch, ptr, len)) {
+    if (!range_cache_fetch_store_locked(&s->cache, f, ptr, n)) {
         curl_transfer_fail(t, -EPROTO, "the server sent more than the %"
                            PRIu64 " bytes asked for", t->last - t->first + 1);
         return 0;
     }
-    t->received += len;
-    t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    if (n) {
+        t->received += n;
+        t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    }
+    if (t->framed) {
+        range_cache_fetch_prove_locked(&s->cache, f);
+    }
+    if (t->cut) {
+        /* Over, even if a read would now make it longer */
+        range_cache_fetch_seal_locked(&s->cache, f);
+        return 0;
+    }
     return len;
 }
 
@@ -954,30 +1189,30 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
     curl_setopt(t->easy, CURLOPT_PRIVATE, t, errp);
     curl_setopt(t->easy, CURLOPT_WRITEFUNCTION, curl_write_cb, errp);
     curl_setopt(t->easy, CURLOPT_WRITEDATA, t, errp);
+    if (s->pin == CURL_PIN_MDTM) {
+        curl_setopt(t->easy, CURLOPT_FILETIME, 1L, errp);
+    }
     return !*errp;
 }
 
-/* Give @t the fetch to run, or take it back */
+/*
+ * Give @t the fetch to run.  A transfer counts as a request in flight of
+ * the node while it has a fetch, so that a drain waits for it (and
+ * curl_quiesce_locked() stops those that no read waits for).
+ */
 static void curl_transfer_bind_locked(CURLTransfer *t,
                                       RangeCacheFetch *fetch)
 {
+    BDRVCURLState *s = t->s;
+
     t->fetch = fetch;
     t->attempt = 0;
     t->fell_back = false;
     t->hops = 0;
-    t->target = g_strdup(t->s->redirect_url);
-    t->s->active++;
-    t->s->active_readahead += fetch->readahead;
-}
-
-static void curl_transfer_unbind_locked(CURLTransfer *t)
-{
-    t->s->active--;
-    t->s->active_readahead -= t->fetch->readahead;
-    t->fetch = NULL;
-    t->retry_at_ms = 0;
-    g_free(t->target);
-    t->target = NULL;
+    t->target = g_strdup(s->redirect_url);
+    s->active++;
+    s->active_readahead += fetch->readahead;
+    bdrv_inc_in_flight(s->bs);
 }
 
 /* ftp:// or ftps:// */
@@ -995,6 +1230,7 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     CURLMcode mcode;
 
     t->retry_at_ms = 0;
+    t->proven_before = t->fetch->proven;
     range_cache_fetch_remote_range(&s->cache, t->fetch, &t->first, &t->last);
     /*
      * An FTP transfer cannot be told where to end: the server sends the
@@ -1013,6 +1249,8 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
                  t->first, t->last);
     }
     t->received = 0;
+    t->checked = false;
+    t->framed = false;
     t->ret = 0;
     t->why[0] = '\0';
     t->errbuf[0] = '\0';
@@ -1038,8 +1276,9 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
                                       t->fetch->readahead, t->attempt,
                                       s->active);
     if (s->timeout && !timer_pending(&s->watchdog)) {
-        timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                  CURL_WATCHDOG_MS);
+        curl_timer_mod_locked(s, &s->watchdog,
+                              qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                              CURL_WATCHDOG_MS);
     }
     return 0;
 }
@@ -1052,7 +1291,7 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
 static void curl_report_failure_locked(BDRVCURLState *s, CURLTransfer *t,
                                        int ret)
 {
-    if (QTAILQ_EMPTY(&t->fetch->waiters)) {
+    if (!range_cache_fetch_wanted(t->fetch)) {
         return;
     }
     if (!s->error_reported) {
@@ -1061,6 +1300,30 @@ static void curl_report_failure_locked(BDRVCURLState *s, CURLTransfer *t,
                      " failed: %s (%s)", s->url_shown, t->first, t->last,
                      t->why, strerror(-ret));
     }
+}
+
+/*
+ * End @t's fetch with @ret, and let @t take another.  Drops the lock while
+ * readers run (range_cache_fetch_done_locked()).
+ */
+static void curl_transfer_finish_locked(CURLTransfer *t, int ret)
+{
+    BDRVCURLState *s = t->s;
+    RangeCacheFetch *fetch = t->fetch;
+
+    if (ret == 0) {
+        s->error_reported = false;      /* report the next outage too */
+    } else if (ret != -ECANCELED) {
+        curl_report_failure_locked(s, t, ret);
+    }
+    s->active--;
+    s->active_readahead -= fetch->readahead;
+    t->fetch = NULL;
+    t->retry_at_ms = 0;
+    g_free(t->target);
+    t->target = NULL;
+    range_cache_fetch_done_locked(&s->cache, fetch, ret);
+    bdrv_dec_in_flight(s->bs);
 }
 
 /* Whether asking again may help */
@@ -1090,10 +1353,15 @@ static bool curl_transfer_retryable(bool ftp, CURLcode code, long status,
            ret == -EPROTO;
 }
 
-/* 0 if all that was asked for arrived, else -errno and why in t->why */
-static int curl_transfer_result(CURLTransfer *t, CURLcode result,
-                                long status)
+/*
+ * 0 if all that was asked for arrived, and is proven now that the answer
+ * ended as its framing says; else -errno and why in t->why
+ */
+static int curl_transfer_result_locked(CURLTransfer *t, CURLcode result,
+                                       long status)
 {
+    RangeCacheFetch *fetch = t->fetch;
+
     if (t->ret < 0) {
         return t->ret;                  /* our checks stopped it */
     }
@@ -1104,12 +1372,13 @@ static int curl_transfer_result(CURLTransfer *t, CURLcode result,
         curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
         return curl_errno(result, status);
     }
-    if (t->received != t->last - t->first + 1) {
+    if (fetch->pos != fetch->end) {
         curl_transfer_fail(t, -ECONNRESET, "the transfer ended after %"
                            PRIu64 " of %" PRIu64 " bytes", t->received,
                            t->last - t->first + 1);
         return t->ret;
     }
+    range_cache_fetch_prove_locked(&t->s->cache, fetch);
     return 0;
 }
 
@@ -1156,7 +1425,11 @@ static int64_t curl_retry_delay_ms(CURLTransfer *t, unsigned attempt)
     return delay / 2 + g_random_int_range(0, delay / 2 + 1);
 }
 
-/* Whether to ask again for what @t did not get, and set when */
+/*
+ * Whether to ask again for what @t did not prove, and set when.  Only the
+ * attempts in a row that moved the fetch less than a granule count against
+ * 'retries'.
+ */
 static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
                                        long status, int ret)
 {
@@ -1167,8 +1440,10 @@ static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
         status < 500 && status != 408 && status != 429) {
         return curl_transfer_fall_back_locked(t, status);
     }
-    /* (all that was asked for arrived, but not only that) */
-    if (t->attempt >= s->retries || t->fetch->pos >= t->fetch->end ||
+    if (t->fetch->proven >= t->proven_before + RANGE_CACHE_GRANULE) {
+        t->attempt = 0;
+    }
+    if (t->attempt >= s->retries ||
         !curl_transfer_retryable(curl_is_ftp(s), result, status, ret)) {
         return false;
     }
@@ -1195,7 +1470,7 @@ static void curl_arm_retry_timer_locked(BDRVCURLState *s)
     if (first == INT64_MAX) {
         timer_del(&s->retry_timer);
     } else {
-        timer_mod(&s->retry_timer, first);
+        curl_timer_mod_locked(s, &s->retry_timer, first);
     }
 }
 
@@ -1243,7 +1518,7 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
             return;
         }
     } else {
-        ret = curl_transfer_result(t, result, status);
+        ret = curl_transfer_result_locked(t, result, status);
     }
 
     s->nb_transfers++;
@@ -1256,25 +1531,21 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
         g_free(s->redirect_url);
         s->redirect_url = g_strdup(t->target);
     }
-    if (ret < 0 && curl_transfer_again_locked(t, result, status, ret)) {
-        if (t->retry_at_ms) {
-            curl_arm_retry_timer_locked(s);
-            return;
-        }
-        ret = curl_transfer_submit_locked(t);
-        if (ret == 0) {
-            return;
-        }
-    }
-
     if (ret < 0) {
-        curl_report_failure_locked(s, t, ret);
-    } else {
-        s->error_reported = false;      /* report the next outage too */
+        /* What the answer could not prove is asked for again, or lost */
+        range_cache_fetch_discard_locked(&s->cache, fetch);
+        if (curl_transfer_again_locked(t, result, status, ret)) {
+            if (t->retry_at_ms) {
+                curl_arm_retry_timer_locked(s);
+                return;
+            }
+            ret = curl_transfer_submit_locked(t);
+            if (ret == 0) {
+                return;
+            }
+        }
     }
-    curl_transfer_unbind_locked(t);
-    /* Drops the lock while readers run */
-    range_cache_fetch_done_locked(&s->cache, fetch, ret);
+    curl_transfer_finish_locked(t, ret);
 }
 
 /*
@@ -1284,31 +1555,49 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
  * open is the exception: a connection kept free would be a cold one, and
  * a read that missed would pay its three round trips of handshakes, when
  * the first warm-up fetch leaves a ready connection one round trip later.
+ * A drained node starts no readahead.
  */
 static bool curl_may_read_ahead_locked(BDRVCURLState *s)
 {
-    return s->warm_up_left ||
-           s->active_readahead < MAX(1, s->connections - 1);
+    return !s->quiesced &&
+           (s->warm_up_left ||
+            s->active_readahead < MAX(1, s->connections - 1));
+}
+
+static void curl_enqueue_locked(CURLFetchQueue *queue, RangeCacheFetch *fetch,
+                                bool first)
+{
+    if (first) {
+        QTAILQ_INSERT_HEAD(queue, fetch, queue_next);
+    } else {
+        QTAILQ_INSERT_TAIL(queue, fetch, queue_next);
+    }
+    fetch->queue = queue;
+}
+
+static void curl_unqueue_locked(RangeCacheFetch *fetch)
+{
+    CURLFetchQueue *queue = fetch->queue;
+
+    QTAILQ_REMOVE(queue, fetch, queue_next);
+    fetch->queue = NULL;
 }
 
 /* The next fetch to start, if one may start now; any queued one if @all */
 static RangeCacheFetch *curl_dequeue_locked(BDRVCURLState *s, bool all)
 {
-    RangeCacheFetch *fetch = QSIMPLEQ_FIRST(&s->miss_queue);
+    RangeCacheFetch *fetch = QTAILQ_FIRST(&s->miss_queue);
 
-    if (fetch) {
-        QSIMPLEQ_REMOVE_HEAD(&s->miss_queue, queue_next);
-        return fetch;
-    }
-    fetch = QSIMPLEQ_FIRST(&s->readahead_queue);
-    if (fetch && (all || curl_may_read_ahead_locked(s))) {
-        QSIMPLEQ_REMOVE_HEAD(&s->readahead_queue, queue_next);
-        if (s->warm_up_left) {
+    if (!fetch && (all || curl_may_read_ahead_locked(s))) {
+        fetch = QTAILQ_FIRST(&s->readahead_queue);
+        if (fetch && s->warm_up_left) {
             s->warm_up_left--;
         }
-        return fetch;
     }
-    return NULL;
+    if (fetch) {
+        curl_unqueue_locked(fetch);
+    }
+    return fetch;
 }
 
 /* Start queued fetches, those that reads wait for first, while we may */
@@ -1327,10 +1616,69 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
         curl_transfer_bind_locked(t, fetch);
         ret = curl_transfer_submit_locked(t);
         if (ret < 0) {
-            curl_report_failure_locked(s, t, ret);
-            curl_transfer_unbind_locked(t);
-            range_cache_fetch_done_locked(&s->cache, fetch, ret);
+            curl_transfer_finish_locked(t, ret);
         }
+    }
+}
+
+/*
+ * Whether @t may get the rest of its fetch by @deadline, at the rate it
+ * goes, or asks again before then
+ */
+static bool curl_transfer_ends_by(CURLTransfer *t, int64_t now,
+                                  int64_t deadline)
+{
+    uint64_t left_us = (deadline - now) / SCALE_US;
+    uint64_t took_us = (now - t->start_ns) / SCALE_US;
+
+    if (now >= deadline) {
+        return false;
+    }
+    if (t->retry_at_ms) {
+        return t->retry_at_ms * SCALE_MS < deadline;
+    }
+    if (!t->received) {
+        return true;            /* no rate yet: give it until @deadline */
+    }
+    return t->fetch->end - t->fetch->pos <=
+           muldiv64(t->received, MIN(left_us, UINT32_MAX),
+                    MAX(1, MIN(took_us, UINT32_MAX)));
+}
+
+/*
+ * Drained: a drain waits for the transfers that no read waits for (the
+ * warm-up, readahead) only while they may end within CURL_DRAIN_GRACE_MS
+ * of its start.  The others are stopped: a read that wants their bytes
+ * later fetches them again.  What a read waits for is asked
+ * again at once, rather than after its backoff.  Queued readahead stays
+ * queued, and does not start.
+ */
+static void curl_quiesce_locked(BDRVCURLState *s)
+{
+    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    unsigned i;
+
+    for (i = 0; i < s->connections; i++) {
+        CURLTransfer *t = &s->transfers[i];
+
+        if (!t->fetch) {
+            continue;
+        }
+        if (range_cache_fetch_wanted(t->fetch)) {
+            if (t->retry_at_ms) {
+                t->retry_at_ms = now / SCALE_MS;
+            }
+        } else if (!curl_transfer_ends_by(t, now, s->drain_deadline_ns)) {
+            trace_curl_quiesce_locked(s, t->first, t->last, t->received);
+            curl_multi_remove_handle(s->multi, t->easy);
+            curl_transfer_finish_locked(t, -ECANCELED);
+        }
+    }
+    curl_arm_retry_timer_locked(s);
+    if (s->active && now < s->drain_deadline_ns) {
+        /* Then what no read waits for is stopped, whatever its rate */
+        curl_timer_mod_locked(s, &s->drain_timer,
+                              DIV_ROUND_UP(s->drain_deadline_ns, SCALE_MS));
     }
 }
 
@@ -1347,6 +1695,9 @@ static void curl_watchdog_expired(void *opaque)
     unsigned i;
 
     QEMU_LOCK_GUARD(&s->mutex);
+    if (!s->aio_context) {
+        return;
+    }
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
 
@@ -1359,8 +1710,9 @@ static void curl_watchdog_expired(void *opaque)
     }
     curl_start_transfers_locked(s);
     if (s->active) {
-        timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                  CURL_WATCHDOG_MS);
+        curl_timer_mod_locked(s, &s->watchdog,
+                              qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                              CURL_WATCHDOG_MS);
     }
 }
 
@@ -1372,20 +1724,19 @@ static void curl_retry_expired(void *opaque)
     unsigned i;
 
     QEMU_LOCK_GUARD(&s->mutex);
+    if (!s->aio_context) {
+        return;
+    }
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
-        RangeCacheFetch *fetch = t->fetch;
         int ret;
 
-        if (!fetch || !t->retry_at_ms || t->retry_at_ms > now) {
+        if (!t->fetch || !t->retry_at_ms || t->retry_at_ms > now) {
             continue;
         }
         ret = curl_transfer_submit_locked(t);
         if (ret < 0) {
-            curl_report_failure_locked(s, t, ret);
-            curl_transfer_unbind_locked(t);
-            /* Drops the lock while readers run */
-            range_cache_fetch_done_locked(&s->cache, fetch, ret);
+            curl_transfer_finish_locked(t, ret);
         }
     }
     curl_arm_retry_timer_locked(s);
@@ -1397,7 +1748,19 @@ static void curl_start_bh(void *opaque)
     BDRVCURLState *s = opaque;
 
     QEMU_LOCK_GUARD(&s->mutex);
-    curl_start_transfers_locked(s);
+    if (s->aio_context) {
+        curl_start_transfers_locked(s);
+    }
+}
+
+static void curl_drain_timer_expired(void *opaque)
+{
+    BDRVCURLState *s = opaque;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    if (s->aio_context && s->quiesced) {
+        curl_quiesce_locked(s);
+    }
 }
 
 /* RangeCacheOps.fetch: called with the lock held, in any thread */
@@ -1405,9 +1768,32 @@ static void curl_cache_fetch(void *opaque, RangeCacheFetch *fetch)
 {
     BDRVCURLState *s = opaque;
 
-    QSIMPLEQ_INSERT_TAIL(fetch->readahead ? &s->readahead_queue :
-                         &s->miss_queue, fetch, queue_next);
+    curl_enqueue_locked(fetch->readahead ? &s->readahead_queue :
+                        &s->miss_queue, fetch, false);
     /* libcurl runs in the node's AioContext only; attach kicks it */
+    if (s->start_bh) {
+        qemu_bh_schedule(s->start_bh);
+    }
+}
+
+/*
+ * RangeCacheOps.wait: called with the lock held, in any thread.  A read
+ * that waits for readahead not started yet would wait behind readahead
+ * that nobody waits for (or for ever on a drained node): it goes first.
+ * While the warm-up is queued, it is the warm-up that the read waits for.
+ */
+static void curl_cache_wait(void *opaque, RangeCacheFetch *fetch)
+{
+    BDRVCURLState *s = opaque;
+
+    if (fetch->queue != &s->readahead_queue) {
+        return;
+    }
+    curl_unqueue_locked(fetch);
+    if (s->warm_up_left) {
+        s->warm_up_left--;
+    }
+    curl_enqueue_locked(&s->miss_queue, fetch, true);
     if (s->start_bh) {
         qemu_bh_schedule(s->start_bh);
     }
@@ -1431,13 +1817,45 @@ static void curl_cache_event(void *opaque, RangeCacheEvent event,
 
 static const RangeCacheOps curl_cache_ops = {
     .fetch = curl_cache_fetch,
+    .wait = curl_cache_wait,
     .event = curl_cache_event,
 };
 
 /*
- * AioContext: the sockets, timers and bottom half of the multi handle live
- * in one.  Moving to another keeps the transfers in flight: reads are
- * drained before a node moves, readahead may go on.
+ * Drain: the block layer waits for the requests it counts, and for each
+ * transfer (curl_transfer_bind_locked()).  curl_quiesce_locked() stops in
+ * the node's AioContext what need not be waited for.  A drain that does
+ * not poll (a graph change) is usually over before it runs.  Called in the
+ * main loop.
+ */
+static void curl_drain_begin(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    trace_curl_drain_begin(s, s->active);
+    s->quiesced = true;
+    s->drain_deadline_ns = now + CURL_DRAIN_GRACE_MS * SCALE_MS;
+    curl_timer_mod_locked(s, &s->drain_timer, now / SCALE_MS);
+}
+
+static void curl_drain_end(BlockDriverState *bs)
+{
+    BDRVCURLState *s = bs->opaque;
+
+    QEMU_LOCK_GUARD(&s->mutex);
+    s->quiesced = false;
+    timer_del(&s->drain_timer);
+    if (s->start_bh) {
+        qemu_bh_schedule(s->start_bh);
+    }
+}
+
+/*
+ * AioContext: the sockets, timers and bottom halves of the multi handle
+ * live in one.  The node is drained while it moves: no transfer runs, but
+ * libcurl may keep connections, and readahead may be queued.
  */
 static void curl_attach_aio_context(BlockDriverState *bs,
                                     AioContext *new_context)
@@ -1445,6 +1863,7 @@ static void curl_attach_aio_context(BlockDriverState *bs,
     BDRVCURLState *s = bs->opaque;
     CURLSocket *sock;
 
+    QEMU_LOCK_GUARD(&s->mutex);
     s->aio_context = new_context;
     aio_timer_init(new_context, &s->timer, QEMU_CLOCK_REALTIME, SCALE_MS,
                    curl_timer_expired, s);
@@ -1452,43 +1871,58 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                    curl_watchdog_expired, s);
     aio_timer_init(new_context, &s->retry_timer, QEMU_CLOCK_REALTIME,
                    SCALE_MS, curl_retry_expired, s);
+    aio_timer_init(new_context, &s->drain_timer, QEMU_CLOCK_REALTIME,
+                   SCALE_MS, curl_drain_timer_expired, s);
     s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
-
-    WITH_QEMU_LOCK_GUARD(&s->mutex) {
-        QLIST_FOREACH(sock, &s->sockets, next) {
-            curl_watch_socket(s, sock, true);
-        }
-        if (s->active) {
-            /* What libcurl's timer would have done while we were away */
-            timer_mod(&s->timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
-            if (s->timeout) {
-                timer_mod(&s->watchdog, qemu_clock_get_ms(
-                          QEMU_CLOCK_REALTIME) + CURL_WATCHDOG_MS);
-            }
-            curl_arm_retry_timer_locked(s);
-        }
-        if (!QSIMPLEQ_EMPTY(&s->miss_queue) ||
-            !QSIMPLEQ_EMPTY(&s->readahead_queue)) {
-            qemu_bh_schedule(s->start_bh);
-        }
+    QLIST_FOREACH(sock, &s->sockets, next) {
+        curl_watch_socket_locked(s, sock, true);
     }
+    /* What libcurl's timer would have done while we were away */
+    timer_mod(&s->timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
+    if (s->active && s->timeout) {
+        timer_mod(&s->watchdog, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  CURL_WATCHDOG_MS);
+    }
+    curl_arm_retry_timer_locked(s);
+    if (s->quiesced) {
+        timer_mod(&s->drain_timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
+    }
+    if (!QTAILQ_EMPTY(&s->miss_queue) || !QTAILQ_EMPTY(&s->readahead_queue)) {
+        qemu_bh_schedule(s->start_bh);
+    }
+}
+
+static void curl_nop_bh(void *opaque)
+{
 }
 
 static void curl_detach_aio_context(BlockDriverState *bs)
 {
     BDRVCURLState *s = bs->opaque;
+    AioContext *old_context;
     CURLSocket *sock;
 
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
         QLIST_FOREACH(sock, &s->sockets, next) {
-            curl_watch_socket(s, sock, false);
+            curl_watch_socket_locked(s, sock, false);
         }
+        timer_del(&s->timer);
+        timer_del(&s->watchdog);
+        timer_del(&s->retry_timer);
+        timer_del(&s->drain_timer);
+        qemu_bh_delete(s->start_bh);
+        s->start_bh = NULL;
+        old_context = s->aio_context;
+        s->aio_context = NULL;
     }
-    timer_del(&s->timer);
-    timer_del(&s->watchdog);
-    timer_del(&s->retry_timer);
-    qemu_bh_delete(s->start_bh);
-    s->start_bh = NULL;
+    /*
+     * A handler that the old context's thread started before we took the
+     * lock may still wait for it: it returns as soon as it has it, but it
+     * uses @s until then.  A bottom half there runs after it.
+     */
+    if (old_context != qemu_get_current_aio_context()) {
+        aio_wait_bh_oneshot(old_context, curl_nop_bh, NULL);
+    }
 }
 
 /*
@@ -1672,14 +2106,21 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
     }
     s->connections = connections;
 
-    /* Readahead must leave room for a block that a read needs */
+    /*
+     * Readahead must leave room for a block that a read needs.  The driver
+     * of QEMU 10.0 and before took any readahead (the bytes it added to
+     * each request), and management tools pass what worked there: more
+     * than the cache holds is not an error, it is what the cache holds.
+     */
     room = (s->blockcount - 1) * s->blocksize;
     s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD,
                                      MIN(CURL_DEFAULT_READAHEAD, room));
     if (s->readahead > room) {
-        return curl_bad_value(opts, CURL_OPT_READAHEAD, errp,
-                              "readahead must be at most (blockcount - 1) * "
-                              "blocksize = %" PRIu64 " bytes", room);
+        warn_report("curl: %s=%s is more than the cache holds besides the "
+                    "block being read; using (blockcount - 1) * blocksize "
+                    "= %" PRIu64 " bytes", CURL_OPT_READAHEAD,
+                    qemu_opt_get(opts, CURL_OPT_READAHEAD), room);
+        s->readahead = room;
     }
 
     /* (a negative number given over QMP reaches us as a huge one) */
@@ -1929,31 +2370,44 @@ out:
 
 /*
  * A file that changes under us must not mix old and new blocks.  Pin it by
- * the validators it has at open: every answer must carry the same (see
- * curl_answer_is_pinned_file()), and transfers send If-Range with its
- * strong ETag or its date, so that a server that knows of a change answers
- * with all of the new file rather than a range of it.
+ * the strongest validator it has at open: every answer that carries bytes
+ * must carry the same (curl_transfer_check_pin()), and transfers send it
+ * as If-Range, so that a server that knows of a change answers with all of
+ * the new file rather than a range of it.  A weak ETag says that two
+ * versions mean the same, not that they hold the same bytes (RFC 9110),
+ * and If-Range may not carry it: it pins nothing.  Over FTP, the
+ * modification time (MDTM) pins the file, if the server tells it.  A file
+ * with none of these is pinned by its size only.
  */
-static void curl_set_validator(BDRVCURLState *s, CURLHeaders *h)
+static void curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h)
 {
+    static const char *const names[] = {
+        [CURL_PIN_SIZE] = "its size only",
+        [CURL_PIN_ETAG] = "ETag",
+        [CURL_PIN_LAST_MODIFIED] = "Last-Modified",
+        [CURL_PIN_MDTM] = "MDTM",
+    };
     g_autofree char *if_range = NULL;
 
     if (!h->http) {
-        return;
-    }
-    s->etag = h->etag[0] ? g_strdup(h->etag) : NULL;
-    s->last_modified = h->last_modified[0] ? g_strdup(h->last_modified) :
-                       NULL;
-    if (s->etag && !g_str_has_prefix(s->etag, "W/")) {
-        s->validator = s->etag;
-    } else if (s->last_modified) {
-        s->validator = s->last_modified;
+        s->mtime = curl_filetime(easy);
+        s->pin = s->mtime >= 0 ? CURL_PIN_MDTM : CURL_PIN_SIZE;
+    } else if (h->etag.seen && !h->etag.bad &&
+               !g_str_has_prefix(h->etag.value, "W/")) {
+        s->pin = CURL_PIN_ETAG;
+        s->validator = g_strdup(h->etag.value);
+    } else if (h->last_modified.seen && !h->last_modified.bad) {
+        s->pin = CURL_PIN_LAST_MODIFIED;
+        s->validator = g_strdup(h->last_modified.value);
     } else {
-        return;
+        s->pin = CURL_PIN_SIZE;
     }
-    if_range = g_strdup_printf("If-Range: %s", s->validator);
-    s->origin_headers = curl_slist_append(s->origin_headers, if_range);
-    s->other_headers = curl_slist_append(s->other_headers, if_range);
+    trace_curl_pin(s, names[s->pin], s->validator ?: "", s->mtime);
+    if (s->validator) {
+        if_range = g_strdup_printf("If-Range: %s", s->validator);
+        s->origin_headers = curl_slist_append(s->origin_headers, if_range);
+        s->other_headers = curl_slist_append(s->other_headers, if_range);
+    }
 }
 
 /* What a look at the remote file found */
@@ -1965,6 +2419,7 @@ typedef struct CURLProbe {
     uint64_t body;              /* body bytes the server sent */
     long status;
     CURLcode code;
+    int64_t deadline_ms;        /* when opening gives up */
     char errbuf[CURL_ERROR_SIZE];
 } CURLProbe;
 
@@ -1986,24 +2441,37 @@ static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
 }
 
 /*
- * Run the request set up on @easy, following redirects; 0, or -errno and
- * why in @errp
+ * Run the request set up on @easy, following redirects, within what is
+ * left of CURL_PROBE_TIMEOUT_S; 0, or -errno and why in @errp
  */
 static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
                               const char *what, Error **errp)
 {
     char why[CURL_ERROR_SIZE + 64];
     char *where;
+    int64_t left_ms;
     int ret;
 
     for (;;) {
         p->body = 0;
         p->errbuf[0] = '\0';
         p->status = 0;
-        p->code = curl_easy_perform(easy);
+        left_ms = p->deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+        if (left_ms <= 0 ||
+            curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)left_ms)) {
+            p->code = CURLE_OPERATION_TIMEDOUT;
+        } else {
+            p->code = curl_easy_perform(easy);
+        }
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &p->status);
         trace_curl_probe_perform(s, what, p->code, p->status,
                                  p->headers.accept_ranges);
+        if (p->code == CURLE_OPERATION_TIMEDOUT &&
+            qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= p->deadline_ms) {
+            error_setg(errp, "no answer to %s within the %d seconds that "
+                       "opening may take", what, CURL_PROBE_TIMEOUT_S);
+            return -ETIMEDOUT;
+        }
         if (p->code != CURLE_OK &&
             !(p->range_get && p->code == CURLE_WRITE_ERROR)) {
             curl_describe(p->code, p->status, p->errbuf, why, sizeof(why));
@@ -2067,7 +2535,8 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
         return ret;
     }
     if (p->status != 206 || !h->has_range || h->range_first != 0 ||
-        h->range_last != 0 || p->body != 1) {
+        h->range_last != 0 || p->body != 1 || h->length_bad ||
+        (h->length_seen && h->length != 1)) {
         error_setg(errp, "the server does not support byte ranges: it "
                    "answered a request for the first byte with HTTP %ld%s",
                    p->status, p->status == 206 ?
@@ -2076,6 +2545,20 @@ static int curl_probe_range(BDRVCURLState *s, CURL *easy, CURLProbe *p,
     }
     s->remote_len = h->range_total;
     return 0;
+}
+
+/* The length of the file as a HEAD (or FTP's SIZE) says, or -1 */
+static int64_t curl_probe_length(CURL *easy, CURLProbe *p)
+{
+    CURLHeaders *h = &p->headers;
+    int64_t len;
+
+    if (h->http) {
+        return p->status == 200 && h->length_seen && !h->length_bad ?
+               h->length : -1;
+    }
+    len = curl_content_length(easy);
+    return len <= BDRV_MAX_LENGTH ? len : -1;
 }
 
 /* What the remote file's length is, and that we can read ranges of it */
@@ -2093,19 +2576,22 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         error_setg(errp, "libcurl could not create a transfer");
         return -ENOMEM;
     }
+    p->deadline_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                     CURL_PROBE_TIMEOUT_S * 1000;
     curl_setup_easy(s, easy, p->errbuf, h, errp);
     curl_setopt(easy, CURLOPT_WRITEFUNCTION, curl_probe_write_cb, errp);
     curl_setopt(easy, CURLOPT_WRITEDATA, p, errp);
     curl_setopt(easy, CURLOPT_NOBODY, 1L, errp);
+    curl_setopt(easy, CURLOPT_FILETIME, (long)curl_is_ftp(s), errp);
     if (*errp) {
         ret = -EIO;
         goto out;
     }
 
     ret = curl_probe_perform(s, easy, p, "HEAD", &head_err);
-    len = curl_content_length(easy);
+    len = curl_probe_length(easy, p);
     if (ret < 0 && h->http && !curl_status_is_final(p->status) &&
-        !curl_is_redirect(p->status)) {
+        !curl_is_redirect(p->status) && ret != -ETIMEDOUT) {
         /* HEAD refused: GET will tell */
         error_free(head_err);
         ret = curl_probe_range(s, easy, p, errp);
@@ -2126,7 +2612,7 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
 
     /* Transfers go straight to where url led, saving a round trip each */
     s->redirect_url = g_steal_pointer(&p->where);
-    curl_set_validator(s, h);
+    curl_pin(s, easy, h);
 out:
     g_free(p->where);
     curl_easy_cleanup(easy);
@@ -2223,8 +2709,7 @@ static void curl_free_state(BDRVCURLState *s)
     if (s->share) {
         curl_share_cleanup(s->share);
     }
-    g_free(s->etag);
-    g_free(s->last_modified);
+    g_free(s->validator);
     g_free(s->redirect_url);
     g_free(s->url);
     g_free(s->url_shown);
@@ -2310,7 +2795,7 @@ static void curl_warm_up(BDRVCURLState *s)
                            CURL_WARM_UP_FETCH);
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
         /* No read yet: what is queued is the warm-up, if the cache had room */
-        QSIMPLEQ_FOREACH(fetch, &s->readahead_queue, queue_next) {
+        QTAILQ_FOREACH(fetch, &s->readahead_queue, queue_next) {
             s->warm_up_left++;
         }
     }
@@ -2334,8 +2819,9 @@ static int curl_open(BlockDriverState *bs, QDict *options, int flags,
     }
 
     qemu_mutex_init(&s->mutex);
-    QSIMPLEQ_INIT(&s->miss_queue);
-    QSIMPLEQ_INIT(&s->readahead_queue);
+    s->bs = bs;
+    QTAILQ_INIT(&s->miss_queue);
+    QTAILQ_INIT(&s->readahead_queue);
     QLIST_INIT(&s->sockets);
     if (!curl_parse_options(bs, s, options, errp)) {
         ret = -EINVAL;
@@ -2393,26 +2879,28 @@ static void curl_close(BlockDriverState *bs)
     RangeCacheFetch *fetch;
     unsigned i;
 
-    /* Reads are drained: what is still going on is readahead */
+    /* Nothing of ours runs in the event loop any more */
+    curl_detach_aio_context(bs);
+
+    /*
+     * Drained: no transfer is left, but readahead may still be queued.
+     * The callbacks of the multi handle close its connections.
+     */
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
         for (i = 0; i < s->connections; i++) {
             CURLTransfer *t = &s->transfers[i];
 
             if (t->fetch) {
-                fetch = t->fetch;
                 curl_multi_remove_handle(s->multi, t->easy);
-                curl_transfer_unbind_locked(t);
-                range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
+                curl_transfer_finish_locked(t, -ECANCELED);
             }
         }
         while ((fetch = curl_dequeue_locked(s, true))) {
             range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
         }
-        /* Its callbacks close the connections in aio_context */
         curl_multi_cleanup(s->multi);
         s->multi = NULL;
     }
-    curl_detach_aio_context(bs);
     range_cache_destroy(&s->cache);
     trace_curl_close(s, s->nb_transfers, st->bytes_fetched, st->bytes_served,
                      s->nb_retries, st->failures, s->nb_reads,
@@ -2497,6 +2985,8 @@ static const char *const curl_strong_runtime_opts[] = {
     .bdrv_co_preadv             = curl_co_preadv,                   \
     .bdrv_detach_aio_context    = curl_detach_aio_context,          \
     .bdrv_attach_aio_context    = curl_attach_aio_context,          \
+    .bdrv_drain_begin           = curl_drain_begin,                 \
+    .bdrv_drain_end             = curl_drain_end,                   \
     .bdrv_refresh_filename      = curl_refresh_filename,            \
     .strong_runtime_opts        = curl_strong_runtime_opts
 
