@@ -1965,7 +1965,8 @@ static QemuOptsList runtime_opts = {
             .name = CURL_OPT_READAHEAD,
             .type = QEMU_OPT_SIZE,
             .help = "How far to fetch ahead of sequential reads, 0 for no "
-                    "readahead (default: 48M, or less to fit the cache)",
+                    "readahead, at most what the cache holds besides one "
+                    "block (default: 48M, or less to fit the cache)",
         },
         {
             .name = CURL_OPT_SSLVERIFY,
@@ -1976,7 +1977,8 @@ static QemuOptsList runtime_opts = {
             .name = CURL_OPT_TIMEOUT,
             .type = QEMU_OPT_NUMBER,
             .help = "Seconds to connect, or to wait for data, before giving "
-                    "up; 0 for no limit (default: 5)",
+                    "up; 0 for no limit; opening takes 30 at most "
+                    "(default: 5)",
         },
         {
             .name = CURL_OPT_COOKIE,
@@ -2023,8 +2025,9 @@ static QemuOptsList runtime_opts = {
         {
             .name = CURL_OPT_RETRIES,
             .type = QEMU_OPT_NUMBER,
-            .help = "How often to ask again for a transfer that broke off, "
-                    "0 to 16 (default: 2)",
+            .help = "How often in a row to ask again for a transfer that "
+                    "broke off, if it brings less than 4k each time, 0 to "
+                    "16 (default: 5)",
         },
         { /* end of list */ }
     },
