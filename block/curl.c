@@ -154,9 +154,13 @@
  * A drain waits this long at most for the transfers that no read waits
  * for: the warm-up of a node is still on its way when the block layer
  * drains it after a format driver's look at it (about two round trips on
- * a 150 ms link), and its bytes are about to be read.
+ * a 150 ms link), its bytes are about to be read, and a transfer stopped
+ * half-way costs the bytes of its last granule and a new request.  One
+ * that would need more than CURL_DRAIN_HOPELESS times what is left of it,
+ * at the rate its body comes, is stopped at once (a trickle).
  */
-#define CURL_DRAIN_GRACE_MS         500
+#define CURL_DRAIN_GRACE_MS         1000
+#define CURL_DRAIN_HOPELESS         4
 
 #ifdef HAVE_CURLOPT_PROTOCOLS_STR
 #define CURL_PROTOCOLS              "HTTP,HTTPS,FTP,FTPS"
@@ -225,6 +229,7 @@ typedef struct CURLTransfer {
     uint64_t received;          /* body bytes of this answer */
     uint64_t proven_before;     /* fetch->proven when it was sent */
     int64_t start_ns;
+    int64_t first_byte_ns;      /* when the first body bytes arrived */
     int64_t progress_ns;        /* when the last bytes arrived */
     unsigned attempt;           /* requests in a row that brought nothing */
     int64_t retry_at_ms;        /* when to ask again, or 0 */
@@ -1160,8 +1165,11 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
         return 0;
     }
     if (n) {
-        t->received += n;
         t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+        if (!t->received) {
+            t->first_byte_ns = t->progress_ns;
+        }
+        t->received += n;
     }
     if (t->framed) {
         range_cache_fetch_prove_locked(&s->cache, f);
@@ -1198,7 +1206,8 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
 /*
  * Give @t the fetch to run.  A transfer counts as a request in flight of
  * the node while it has a fetch, so that a drain waits for it (and
- * curl_quiesce_locked() stops those that no read waits for).
+ * curl_quiesce_locked() stops those that no read waits for), but not
+ * while it waits to ask again (curl_transfer_park_locked()).
  */
 static void curl_transfer_bind_locked(CURLTransfer *t,
                                       RangeCacheFetch *fetch)
@@ -1229,7 +1238,10 @@ static int curl_transfer_submit_locked(CURLTransfer *t)
     Error **errp = &local_err;
     CURLMcode mcode;
 
-    t->retry_at_ms = 0;
+    if (t->retry_at_ms) {
+        t->retry_at_ms = 0;
+        bdrv_inc_in_flight(s->bs);      /* parked no more */
+    }
     t->proven_before = t->fetch->proven;
     range_cache_fetch_remote_range(&s->cache, t->fetch, &t->first, &t->last);
     /*
@@ -1310,6 +1322,7 @@ static void curl_transfer_finish_locked(CURLTransfer *t, int ret)
 {
     BDRVCURLState *s = t->s;
     RangeCacheFetch *fetch = t->fetch;
+    bool parked = t->retry_at_ms;
 
     if (ret == 0) {
         s->error_reported = false;      /* report the next outage too */
@@ -1323,7 +1336,9 @@ static void curl_transfer_finish_locked(CURLTransfer *t, int ret)
     g_free(t->target);
     t->target = NULL;
     range_cache_fetch_done_locked(&s->cache, fetch, ret);
-    bdrv_dec_in_flight(s->bs);
+    if (!parked) {
+        bdrv_dec_in_flight(s->bs);
+    }
 }
 
 /* Whether asking again may help */
@@ -1426,9 +1441,19 @@ static int64_t curl_retry_delay_ms(CURLTransfer *t, unsigned attempt)
 }
 
 /*
- * Whether to ask again for what @t did not prove, and set when.  Only the
- * attempts in a row that moved the fetch less than a granule count against
- * 'retries'.
+ * @t waits until @when_ms to ask again.  Nothing of it is in flight, so
+ * that a drain need not wait for its backoff (curl_quiesce_locked()).
+ */
+static void curl_transfer_park_locked(CURLTransfer *t, int64_t when_ms)
+{
+    t->retry_at_ms = when_ms;
+    bdrv_dec_in_flight(t->s->bs);
+}
+
+/*
+ * Whether to ask again for what @t did not prove, and park it until then.
+ * Only the attempts in a row that moved the fetch less than a granule
+ * count against 'retries'.
  */
 static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
                                        long status, int ret)
@@ -1450,7 +1475,8 @@ static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
     t->attempt++;
     s->nb_retries++;
     delay_ms = curl_retry_delay_ms(t, t->attempt);
-    t->retry_at_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + delay_ms;
+    curl_transfer_park_locked(t, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                              delay_ms);
     trace_curl_transfer_again_locked(s, t->first, t->last, t->attempt,
                                      delay_ms, ret, t->why);
     return true;
@@ -1622,25 +1648,23 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
 }
 
 /*
- * Whether @t may get the rest of its fetch by @deadline, at the rate it
- * goes, or asks again before then
+ * Whether @t may get the rest of its fetch by @deadline, at the rate its
+ * body comes (CURL_DRAIN_HOPELESS times that rate, for good measure)
  */
 static bool curl_transfer_ends_by(CURLTransfer *t, int64_t now,
                                   int64_t deadline)
 {
     uint64_t left_us = (deadline - now) / SCALE_US;
-    uint64_t took_us = (now - t->start_ns) / SCALE_US;
+    uint64_t took_us = (now - t->first_byte_ns) / SCALE_US;
 
     if (now >= deadline) {
         return false;
-    }
-    if (t->retry_at_ms) {
-        return t->retry_at_ms * SCALE_MS < deadline;
     }
     if (!t->received) {
         return true;            /* no rate yet: give it until @deadline */
     }
     return t->fetch->end - t->fetch->pos <=
+           CURL_DRAIN_HOPELESS *
            muldiv64(t->received, MIN(left_us, UINT32_MAX),
                     MAX(1, MIN(took_us, UINT32_MAX)));
 }
@@ -1648,14 +1672,16 @@ static bool curl_transfer_ends_by(CURLTransfer *t, int64_t now,
 /*
  * Drained: a drain waits for the transfers that no read waits for (the
  * warm-up, readahead) only while they may end within CURL_DRAIN_GRACE_MS
- * of its start.  The others are stopped: a read that wants their bytes
- * later fetches them again.  What a read waits for is asked
- * again at once, rather than after its backoff.  Queued readahead stays
- * queued, and does not start.
+ * of its start, and for none of those that wait to ask again; then the
+ * others are stopped.  A read that wants their bytes later fetches them
+ * again.  Queued readahead is dropped: it would keep room in the cache
+ * that a read of the drained node may need.  What a read waits for is
+ * asked again at once, rather than after its backoff.
  */
 static void curl_quiesce_locked(BDRVCURLState *s)
 {
     int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    RangeCacheFetch *fetch;
     unsigned i;
 
     for (i = 0; i < s->connections; i++) {
@@ -1668,12 +1694,18 @@ static void curl_quiesce_locked(BDRVCURLState *s)
             if (t->retry_at_ms) {
                 t->retry_at_ms = now / SCALE_MS;
             }
-        } else if (!curl_transfer_ends_by(t, now, s->drain_deadline_ns)) {
+        } else if (t->retry_at_ms ? now >= s->drain_deadline_ns :
+                   !curl_transfer_ends_by(t, now, s->drain_deadline_ns)) {
             trace_curl_quiesce_locked(s, t->first, t->last, t->received);
             curl_multi_remove_handle(s->multi, t->easy);
             curl_transfer_finish_locked(t, -ECANCELED);
         }
     }
+    while ((fetch = QTAILQ_FIRST(&s->readahead_queue))) {
+        curl_unqueue_locked(fetch);
+        range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
+    }
+    s->warm_up_left = 0;
     curl_arm_retry_timer_locked(s);
     if (s->active && now < s->drain_deadline_ns) {
         /* Then what no read waits for is stopped, whatever its rate */
@@ -1731,7 +1763,7 @@ static void curl_retry_expired(void *opaque)
         CURLTransfer *t = &s->transfers[i];
         int ret;
 
-        if (!t->fetch || !t->retry_at_ms || t->retry_at_ms > now) {
+        if (!t->retry_at_ms || t->retry_at_ms > now) {
             continue;
         }
         ret = curl_transfer_submit_locked(t);
@@ -1781,11 +1813,17 @@ static void curl_cache_fetch(void *opaque, RangeCacheFetch *fetch)
  * that waits for readahead not started yet would wait behind readahead
  * that nobody waits for (or for ever on a drained node): it goes first.
  * While the warm-up is queued, it is the warm-up that the read waits for.
+ * On a drained node, readahead waiting to ask again that a read now waits
+ * for asks at once (curl_quiesce_locked()).
  */
 static void curl_cache_wait(void *opaque, RangeCacheFetch *fetch)
 {
     BDRVCURLState *s = opaque;
 
+    if (s->quiesced) {
+        curl_timer_mod_locked(s, &s->drain_timer,
+                              qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
+    }
     if (fetch->queue != &s->readahead_queue) {
         return;
     }
