@@ -150,17 +150,6 @@
 /* How often the transfers are checked for progress, when 'timeout' is set */
 #define CURL_WATCHDOG_MS            500
 
-/*
- * A drain waits this long at most for the transfers that no read waits
- * for: the warm-up of a node is still on its way when the block layer
- * drains it after a format driver's look at it (about two round trips on
- * a 150 ms link), its bytes are about to be read, and a transfer stopped
- * half-way costs the bytes of its last granule and a new request.  One
- * that would need more than CURL_DRAIN_HOPELESS times what is left of it,
- * at the rate its body comes, is stopped at once (a trickle).
- */
-#define CURL_DRAIN_GRACE_MS         1000
-#define CURL_DRAIN_HOPELESS         4
 
 #ifdef HAVE_CURLOPT_PROTOCOLS_STR
 #define CURL_PROTOCOLS              "HTTP,HTTPS,FTP,FTPS"
@@ -229,10 +218,10 @@ typedef struct CURLTransfer {
     uint64_t received;          /* body bytes of this answer */
     uint64_t proven_before;     /* fetch->proven when it was sent */
     int64_t start_ns;
-    int64_t first_byte_ns;      /* when the first body bytes arrived */
     int64_t progress_ns;        /* when the last bytes arrived */
     unsigned attempt;           /* requests in a row that brought nothing */
     int64_t retry_at_ms;        /* when to ask again, or 0 */
+    bool paused;                /* held while the node is drained */
     bool checked;               /* the answer passed its checks */
     bool framed;                /* Content-Length says where each byte is */
     bool open_ended;            /* asked to the end of the file (FTP) */
@@ -305,8 +294,8 @@ struct BDRVCURLState {
     unsigned active;            /* transfers running */
     unsigned active_readahead;  /* of which for readahead */
     unsigned warm_up_left;      /* readahead that may use any connection */
-    bool quiesced;              /* drained: start no readahead */
-    int64_t drain_deadline_ns;  /* and stop what is left of it then */
+    bool quiesced;              /* drained: hold what no read waits for */
+    bool room_wanted;           /* and a read waits for room in the cache */
     bool error_reported;        /* stderr has a failure since a success */
     uint64_t nb_transfers;      /* statistics, traced at close */
     uint64_t nb_retries;
@@ -323,8 +312,7 @@ struct BDRVCURLState {
     QEMUTimer timer;            /* libcurl's timeout */
     QEMUTimer watchdog;         /* checks that transfers progress */
     QEMUTimer retry_timer;      /* asks again for what broke off */
-    QEMUTimer drain_timer;      /* stops readahead of a drained node */
-    QEMUBH *start_bh;           /* starts queued fetches */
+    QEMUBH *start_bh;           /* starts, holds and resumes fetches */
     QLIST_HEAD(, CURLSocket) sockets;   /* that libcurl asked us to watch */
 };
 
@@ -1165,11 +1153,8 @@ static size_t curl_write_cb(char *ptr, size_t size, size_t nmemb,
         return 0;
     }
     if (n) {
-        t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
-        if (!t->received) {
-            t->first_byte_ns = t->progress_ns;
-        }
         t->received += n;
+        t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     }
     if (t->framed) {
         range_cache_fetch_prove_locked(&s->cache, f);
@@ -1205,9 +1190,9 @@ static bool curl_transfer_init(BDRVCURLState *s, CURLTransfer *t,
 
 /*
  * Give @t the fetch to run.  A transfer counts as a request in flight of
- * the node while it has a fetch, so that a drain waits for it (and
- * curl_quiesce_locked() stops those that no read waits for), but not
- * while it waits to ask again (curl_transfer_park_locked()).
+ * the node while it has a request out, so that a drain waits for it: not
+ * while it waits to ask again (curl_transfer_park_locked()), nor while a
+ * drain holds it (curl_quiesce_locked()).
  */
 static void curl_transfer_bind_locked(CURLTransfer *t,
                                       RangeCacheFetch *fetch)
@@ -1222,6 +1207,12 @@ static void curl_transfer_bind_locked(CURLTransfer *t,
     s->active++;
     s->active_readahead += fetch->readahead;
     bdrv_inc_in_flight(s->bs);
+}
+
+/* Whether @t counts as a request in flight (curl_transfer_bind_locked()) */
+static bool curl_transfer_in_flight(CURLTransfer *t)
+{
+    return t->fetch && !t->retry_at_ms && !t->paused;
 }
 
 /* ftp:// or ftps:// */
@@ -1322,7 +1313,7 @@ static void curl_transfer_finish_locked(CURLTransfer *t, int ret)
 {
     BDRVCURLState *s = t->s;
     RangeCacheFetch *fetch = t->fetch;
-    bool parked = t->retry_at_ms;
+    bool in_flight = curl_transfer_in_flight(t);
 
     if (ret == 0) {
         s->error_reported = false;      /* report the next outage too */
@@ -1333,10 +1324,11 @@ static void curl_transfer_finish_locked(CURLTransfer *t, int ret)
     s->active_readahead -= fetch->readahead;
     t->fetch = NULL;
     t->retry_at_ms = 0;
+    t->paused = false;
     g_free(t->target);
     t->target = NULL;
     range_cache_fetch_done_locked(&s->cache, fetch, ret);
-    if (!parked) {
+    if (in_flight) {
         bdrv_dec_in_flight(s->bs);
     }
 }
@@ -1442,12 +1434,20 @@ static int64_t curl_retry_delay_ms(CURLTransfer *t, unsigned attempt)
 
 /*
  * @t waits until @when_ms to ask again.  Nothing of it is in flight, so
- * that a drain need not wait for its backoff (curl_quiesce_locked()).
+ * that a drain need not wait for its backoff: while the node is drained,
+ * it asks again only if a read waits for it (curl_may_retry_locked()).
  */
 static void curl_transfer_park_locked(CURLTransfer *t, int64_t when_ms)
 {
     t->retry_at_ms = when_ms;
     bdrv_dec_in_flight(t->s->bs);
+}
+
+/* Whether parked @t may ask again once its time has come */
+static bool curl_may_retry_locked(CURLTransfer *t)
+{
+    return t->fetch && t->retry_at_ms &&
+           (!t->s->quiesced || range_cache_fetch_wanted(t->fetch));
 }
 
 /*
@@ -1482,14 +1482,14 @@ static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
     return true;
 }
 
-/* Run the retry timer for the first transfer that waits to ask again */
+/* Run the retry timer for the first transfer that may ask again */
 static void curl_arm_retry_timer_locked(BDRVCURLState *s)
 {
     int64_t first = INT64_MAX;
     unsigned i;
 
     for (i = 0; i < s->connections; i++) {
-        if (s->transfers[i].retry_at_ms) {
+        if (curl_may_retry_locked(&s->transfers[i])) {
             first = MIN(first, s->transfers[i].retry_at_ms);
         }
     }
@@ -1648,39 +1648,44 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
 }
 
 /*
- * Whether @t may get the rest of its fetch by @deadline, at the rate its
- * body comes (CURL_DRAIN_HOPELESS times that rate, for good measure)
+ * Hold @t while the node is drained: libcurl reads nothing more of its
+ * answer, which waits in the connection, and it is not in flight
  */
-static bool curl_transfer_ends_by(CURLTransfer *t, int64_t now,
-                                  int64_t deadline)
+static void curl_transfer_pause_locked(CURLTransfer *t)
 {
-    uint64_t left_us = (deadline - now) / SCALE_US;
-    uint64_t took_us = (now - t->first_byte_ns) / SCALE_US;
-
-    if (now >= deadline) {
-        return false;
+    if (curl_easy_pause(t->easy, CURLPAUSE_RECV) == CURLE_OK) {
+        trace_curl_transfer_pause_locked(t->s, t->first, t->last,
+                                         t->received);
+        t->paused = true;
+        bdrv_dec_in_flight(t->s->bs);
     }
-    if (!t->received) {
-        return true;            /* no rate yet: give it until @deadline */
-    }
-    return t->fetch->end - t->fetch->pos <=
-           CURL_DRAIN_HOPELESS *
-           muldiv64(t->received, MIN(left_us, UINT32_MAX),
-                    MAX(1, MIN(took_us, UINT32_MAX)));
 }
 
 /*
- * Drained: a drain waits for the transfers that no read waits for (the
- * warm-up, readahead) only while they may end within CURL_DRAIN_GRACE_MS
- * of its start, and for none of those that wait to ask again; then the
- * others are stopped.  A read that wants their bytes later fetches them
- * again.  Queued readahead is dropped: it would keep room in the cache
- * that a read of the drained node may need.  What a read waits for is
- * asked again at once, rather than after its backoff.
+ * Let @t go on.  What libcurl kept of its answer may reach curl_write_cb()
+ * before this returns, and libcurl arms its timer to go on with the rest.
+ */
+static void curl_transfer_resume_locked(CURLTransfer *t)
+{
+    trace_curl_transfer_resume_locked(t->s, t->first, t->last, t->received);
+    t->paused = false;
+    t->progress_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    bdrv_inc_in_flight(t->s->bs);
+    curl_easy_pause(t->easy, CURLPAUSE_CONT);
+}
+
+/*
+ * Drained: hold what no read waits for, so that the node is quiet but
+ * loses nothing.  Transfers are paused, readahead not started yet stays
+ * queued, and a transfer that waits to ask again waits on.  What a read
+ * waits for goes on, at once even if it waited to ask again.  Held
+ * fetches keep their room in the cache: if a read waits for room, they
+ * are ended instead, those in flight too (a read that wants their bytes
+ * later fetches them again).
  */
 static void curl_quiesce_locked(BDRVCURLState *s)
 {
-    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+    int64_t now_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     RangeCacheFetch *fetch;
     unsigned i;
 
@@ -1691,27 +1696,40 @@ static void curl_quiesce_locked(BDRVCURLState *s)
             continue;
         }
         if (range_cache_fetch_wanted(t->fetch)) {
-            if (t->retry_at_ms) {
-                t->retry_at_ms = now / SCALE_MS;
+            if (t->paused) {
+                curl_transfer_resume_locked(t);
+            } else if (t->retry_at_ms) {
+                t->retry_at_ms = now_ms;
             }
-        } else if (t->retry_at_ms ? now >= s->drain_deadline_ns :
-                   !curl_transfer_ends_by(t, now, s->drain_deadline_ns)) {
+        } else if (s->room_wanted) {
             trace_curl_quiesce_locked(s, t->first, t->last, t->received);
-            curl_multi_remove_handle(s->multi, t->easy);
+            if (!t->retry_at_ms) {
+                curl_multi_remove_handle(s->multi, t->easy);
+            }
             curl_transfer_finish_locked(t, -ECANCELED);
+        } else if (!t->paused && !t->retry_at_ms) {
+            curl_transfer_pause_locked(t);
         }
     }
-    while ((fetch = QTAILQ_FIRST(&s->readahead_queue))) {
+    while (s->room_wanted && (fetch = QTAILQ_FIRST(&s->readahead_queue))) {
         curl_unqueue_locked(fetch);
         range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
     }
-    s->warm_up_left = 0;
+    s->room_wanted = false;
     curl_arm_retry_timer_locked(s);
-    if (s->active && now < s->drain_deadline_ns) {
-        /* Then what no read waits for is stopped, whatever its rate */
-        curl_timer_mod_locked(s, &s->drain_timer,
-                              DIV_ROUND_UP(s->drain_deadline_ns, SCALE_MS));
+}
+
+/* Out of a drain: let go what it held */
+static void curl_unquiesce_locked(BDRVCURLState *s)
+{
+    unsigned i;
+
+    for (i = 0; i < s->connections; i++) {
+        if (s->transfers[i].paused) {
+            curl_transfer_resume_locked(&s->transfers[i]);
+        }
     }
+    curl_arm_retry_timer_locked(s);
 }
 
 /*
@@ -1733,7 +1751,7 @@ static void curl_watchdog_expired(void *opaque)
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
 
-        if (t->fetch && !t->retry_at_ms &&
+        if (curl_transfer_in_flight(t) &&
             now - t->progress_ns > s->timeout * NANOSECONDS_PER_SECOND) {
             curl_transfer_fail(t, -ETIMEDOUT, "no data for %" PRIu64
                                " seconds", s->timeout);
@@ -1763,7 +1781,7 @@ static void curl_retry_expired(void *opaque)
         CURLTransfer *t = &s->transfers[i];
         int ret;
 
-        if (!t->retry_at_ms || t->retry_at_ms > now) {
+        if (!curl_may_retry_locked(t) || t->retry_at_ms > now) {
             continue;
         }
         ret = curl_transfer_submit_locked(t);
@@ -1775,24 +1793,24 @@ static void curl_retry_expired(void *opaque)
     curl_start_transfers_locked(s);
 }
 
+/*
+ * Start queued fetches in aio_context, and hold or let go what a drain
+ * holds
+ */
 static void curl_start_bh(void *opaque)
 {
     BDRVCURLState *s = opaque;
 
     QEMU_LOCK_GUARD(&s->mutex);
-    if (s->aio_context) {
-        curl_start_transfers_locked(s);
+    if (!s->aio_context) {
+        return;
     }
-}
-
-static void curl_drain_timer_expired(void *opaque)
-{
-    BDRVCURLState *s = opaque;
-
-    QEMU_LOCK_GUARD(&s->mutex);
-    if (s->aio_context && s->quiesced) {
+    if (s->quiesced) {
         curl_quiesce_locked(s);
+    } else {
+        curl_unquiesce_locked(s);
     }
+    curl_start_transfers_locked(s);
 }
 
 /* RangeCacheOps.fetch: called with the lock held, in any thread */
@@ -1813,26 +1831,38 @@ static void curl_cache_fetch(void *opaque, RangeCacheFetch *fetch)
  * that waits for readahead not started yet would wait behind readahead
  * that nobody waits for (or for ever on a drained node): it goes first.
  * While the warm-up is queued, it is the warm-up that the read waits for.
- * On a drained node, readahead waiting to ask again that a read now waits
- * for asks at once (curl_quiesce_locked()).
+ * On a drained node, what the read waits for goes on if it was held
+ * (curl_quiesce_locked()).
  */
 static void curl_cache_wait(void *opaque, RangeCacheFetch *fetch)
 {
     BDRVCURLState *s = opaque;
 
-    if (s->quiesced) {
-        curl_timer_mod_locked(s, &s->drain_timer,
-                              qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
-    }
-    if (fetch->queue != &s->readahead_queue) {
+    if (fetch->queue == &s->readahead_queue) {
+        curl_unqueue_locked(fetch);
+        if (s->warm_up_left) {
+            s->warm_up_left--;
+        }
+        curl_enqueue_locked(&s->miss_queue, fetch, true);
+    } else if (!s->quiesced) {
         return;
     }
-    curl_unqueue_locked(fetch);
-    if (s->warm_up_left) {
-        s->warm_up_left--;
-    }
-    curl_enqueue_locked(&s->miss_queue, fetch, true);
     if (s->start_bh) {
+        qemu_bh_schedule(s->start_bh);
+    }
+}
+
+/*
+ * RangeCacheOps.no_room: called with the lock held, in any thread.  A
+ * drained node holds what no read waits for, and the room it takes in the
+ * cache: a read that waits for room must have it.
+ */
+static void curl_cache_no_room(void *opaque)
+{
+    BDRVCURLState *s = opaque;
+
+    if (s->quiesced && s->start_bh) {
+        s->room_wanted = true;
         qemu_bh_schedule(s->start_bh);
     }
 }
@@ -1856,26 +1886,26 @@ static void curl_cache_event(void *opaque, RangeCacheEvent event,
 static const RangeCacheOps curl_cache_ops = {
     .fetch = curl_cache_fetch,
     .wait = curl_cache_wait,
+    .no_room = curl_cache_no_room,
     .event = curl_cache_event,
 };
 
 /*
  * Drain: the block layer waits for the requests it counts, and for each
- * transfer (curl_transfer_bind_locked()).  curl_quiesce_locked() stops in
- * the node's AioContext what need not be waited for.  A drain that does
- * not poll (a graph change) is usually over before it runs.  Called in the
- * main loop.
+ * transfer in flight (curl_transfer_bind_locked()), until
+ * curl_quiesce_locked() has held in the node's AioContext those that no
+ * read waits for.  Called in the main loop.
  */
 static void curl_drain_begin(BlockDriverState *bs)
 {
     BDRVCURLState *s = bs->opaque;
-    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
 
     QEMU_LOCK_GUARD(&s->mutex);
     trace_curl_drain_begin(s, s->active);
     s->quiesced = true;
-    s->drain_deadline_ns = now + CURL_DRAIN_GRACE_MS * SCALE_MS;
-    curl_timer_mod_locked(s, &s->drain_timer, now / SCALE_MS);
+    if (s->start_bh) {
+        qemu_bh_schedule(s->start_bh);
+    }
 }
 
 static void curl_drain_end(BlockDriverState *bs)
@@ -1884,7 +1914,7 @@ static void curl_drain_end(BlockDriverState *bs)
 
     QEMU_LOCK_GUARD(&s->mutex);
     s->quiesced = false;
-    timer_del(&s->drain_timer);
+    s->room_wanted = false;
     if (s->start_bh) {
         qemu_bh_schedule(s->start_bh);
     }
@@ -1909,8 +1939,6 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                    curl_watchdog_expired, s);
     aio_timer_init(new_context, &s->retry_timer, QEMU_CLOCK_REALTIME,
                    SCALE_MS, curl_retry_expired, s);
-    aio_timer_init(new_context, &s->drain_timer, QEMU_CLOCK_REALTIME,
-                   SCALE_MS, curl_drain_timer_expired, s);
     s->start_bh = aio_bh_new(new_context, curl_start_bh, s);
     QLIST_FOREACH(sock, &s->sockets, next) {
         curl_watch_socket_locked(s, sock, true);
@@ -1922,12 +1950,7 @@ static void curl_attach_aio_context(BlockDriverState *bs,
                   CURL_WATCHDOG_MS);
     }
     curl_arm_retry_timer_locked(s);
-    if (s->quiesced) {
-        timer_mod(&s->drain_timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME));
-    }
-    if (!QTAILQ_EMPTY(&s->miss_queue) || !QTAILQ_EMPTY(&s->readahead_queue)) {
-        qemu_bh_schedule(s->start_bh);
-    }
+    qemu_bh_schedule(s->start_bh);
 }
 
 static void curl_nop_bh(void *opaque)
@@ -1947,7 +1970,6 @@ static void curl_detach_aio_context(BlockDriverState *bs)
         timer_del(&s->timer);
         timer_del(&s->watchdog);
         timer_del(&s->retry_timer);
-        timer_del(&s->drain_timer);
         qemu_bh_delete(s->start_bh);
         s->start_bh = NULL;
         old_context = s->aio_context;
@@ -2924,15 +2946,17 @@ static void curl_close(BlockDriverState *bs)
     curl_detach_aio_context(bs);
 
     /*
-     * Drained: no transfer is left, but readahead may still be queued.
-     * The callbacks of the multi handle close its connections.
+     * Drained: no transfer is in flight, but readahead may be held.  The
+     * callbacks of the multi handle close its connections.
      */
     WITH_QEMU_LOCK_GUARD(&s->mutex) {
         for (i = 0; i < s->connections; i++) {
             CURLTransfer *t = &s->transfers[i];
 
             if (t->fetch) {
-                curl_multi_remove_handle(s->multi, t->easy);
+                if (!t->retry_at_ms) {
+                    curl_multi_remove_handle(s->multi, t->easy);
+                }
                 curl_transfer_finish_locked(t, -ECANCELED);
             }
         }

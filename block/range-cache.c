@@ -1043,6 +1043,9 @@ int coroutine_fn range_cache_co_read(RangeCache *rc, uint64_t offset,
         if (n == 0) {
             /* We hold nothing, so we keep nobody else from going on */
             range_cache_event(rc, RANGE_CACHE_NO_ROOM, pos, end - pos);
+            if (rc->ops->no_room) {
+                rc->ops->no_room(rc->opaque);
+            }
             qemu_co_queue_wait(&rc->room_waiters, rc->lock);
             continue;
         }

@@ -134,6 +134,14 @@ typedef struct RangeCacheOps {
     void (*wait)(void *opaque, RangeCacheFetch *fetch);
 
     /*
+     * A read waits for room in the cache, which every block holds: a
+     * fetcher that holds fetches back (queued, or paused) should end
+     * those that no read waits for.  Called with the cache's lock held,
+     * in coroutine context; must not call back into the cache.  Optional.
+     */
+    void (*no_room)(void *opaque);
+
+    /*
      * Report what the cache did, for tracing: the image bytes from @offset
      * on, @bytes of them.  Lock held.  Optional.
      */

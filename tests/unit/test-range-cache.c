@@ -28,6 +28,7 @@ typedef struct TestCache {
     GQueue pending;             /* fetches the cache started */
     unsigned fetches;
     GQueue waited;              /* each fetch a read started waiting for */
+    unsigned no_room;           /* reads that waited for room */
     unsigned finished;          /* reads that finished */
     GString *events;            /* "m0:4096 h0:100 ..." */
 } TestCache;
@@ -57,6 +58,13 @@ static void test_wait(void *opaque, RangeCacheFetch *fetch)
     g_queue_push_tail(&tc->waited, fetch);
 }
 
+static void test_no_room(void *opaque)
+{
+    TestCache *tc = opaque;
+
+    tc->no_room++;
+}
+
 static void test_event(void *opaque, RangeCacheEvent event, uint64_t offset,
                        uint64_t bytes)
 {
@@ -78,6 +86,7 @@ static void test_event(void *opaque, RangeCacheEvent event, uint64_t offset,
 static const RangeCacheOps test_ops = {
     .fetch = test_fetch,
     .wait = test_wait,
+    .no_room = test_no_room,
     .event = test_event,
 };
 
@@ -1034,6 +1043,7 @@ static void test_wait_for_room(void)
     a = test_read_start(tc, 0, 10);
     b = test_read_start(tc, 3 * BS, 10);
     assert_events(tc, "m0:4096 w0:4096 n49152:10");
+    g_assert_cmpuint(tc->no_room, ==, 1);   /* the fetcher was told */
     g_assert_cmpuint(g_queue_get_length(&tc->pending), ==, 1);
     test_complete_one(tc, 0);
     test_read_end(a);
