@@ -177,6 +177,7 @@ typedef struct CURLValidator {
 typedef struct CURLHeaders {
     bool http;                  /* an HTTP status line was seen */
     long status;                /* and the status it gave */
+    bool malformed;             /* a line folded, or with no colon */
     bool accept_ranges;         /* Accept-Ranges: bytes */
     bool range_seen;            /* Content-Range was sent */
     bool has_range;             /* as bytes FIRST-LAST/TOTAL, valid */
@@ -367,20 +368,14 @@ static void curl_check_share_setopt(CURLSHcode ret, const char *name,
  */
 
 /*
- * If @line is the header @name, its value without the whitespace around
- * it, as a string; "" if the value has a control character (a NUL byte
- * included), which no value we parse may hold.  Else NULL.
+ * The value of a header, the @len bytes at @line after its colon, without
+ * the whitespace around it; "" if it has a control character (a NUL byte
+ * included), which no value we parse may hold
  */
-static char *curl_header_value(const char *line, size_t len, const char *name)
+static char *curl_header_value(const char *line, size_t len)
 {
-    size_t n = strlen(name);
     size_t i;
 
-    if (len <= n || line[n] != ':' || g_ascii_strncasecmp(line, name, n)) {
-        return NULL;
-    }
-    line += n + 1;
-    len -= n + 1;
     while (len && (line[0] == ' ' || line[0] == '\t')) {
         line++;
         len--;
@@ -514,11 +509,12 @@ static int64_t curl_parse_retry_after(const char *v)
     return MAX(0, (int64_t)when - (int64_t)time(NULL)) * 1000;
 }
 
-static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
-                             void *opaque)
+/* Parse one header line of @len bytes (its CRLF included) */
+static void curl_parse_header_line(CURLHeaders *h, const char *line,
+                                   size_t len)
 {
-    CURLHeaders *h = opaque;
-    size_t len = size * nmemb;
+    const char *colon = memchr(line, ':', len);
+    g_autofree char *name = NULL;
     g_autofree char *v = NULL;
 
     if (len >= 5 && !memcmp(line, "HTTP/", 5)) {
@@ -527,26 +523,65 @@ static size_t curl_header_cb(char *line, size_t size, size_t nmemb,
             .status = curl_parse_status(line, len),
             .retry_after_ms = -1,
         };
-    } else if ((v = curl_header_value(line, len, "retry-after"))) {
+        return;
+    }
+    if (!h->http) {
+        return;             /* FTP replies, which are not headers */
+    }
+    if (len && (line[0] == ' ' || line[0] == '\t')) {
+        /*
+         * A line folded onto the one before (RFC 9112 made it obsolete):
+         * the value of that header would be misread
+         */
+        h->malformed = true;
+        return;
+    }
+    if (!colon) {
+        /* Not a header; but the empty line that ends them */
+        h->malformed |= len > 2 || (len && !g_ascii_isspace(line[0]));
+        return;
+    }
+    name = g_strndup(line, colon - line);
+    v = curl_header_value(colon + 1, line + len - colon - 1);
+    if (!g_ascii_strcasecmp(name, "retry-after")) {
         h->retry_after_ms = curl_parse_retry_after(v);
-    } else if ((v = curl_header_value(line, len, "accept-ranges"))) {
+    } else if (!g_ascii_strcasecmp(name, "accept-ranges")) {
         h->accept_ranges = !g_ascii_strcasecmp(v, "bytes");
-    } else if ((v = curl_header_value(line, len, "content-range"))) {
+    } else if (!g_ascii_strcasecmp(name, "content-range")) {
         curl_parse_content_range(v, h);
-    } else if ((v = curl_header_value(line, len, "content-length"))) {
+    } else if (!g_ascii_strcasecmp(name, "content-length")) {
         curl_parse_content_length(v, h);
-    } else if ((v = curl_header_value(line, len, "transfer-encoding"))) {
+    } else if (!g_ascii_strcasecmp(name, "transfer-encoding")) {
         h->coded = true;
-    } else if ((v = curl_header_value(line, len, "etag"))) {
+    } else if (!g_ascii_strcasecmp(name, "etag")) {
         curl_parse_validator(v, &h->etag);
-    } else if ((v = curl_header_value(line, len, "last-modified"))) {
+    } else if (!g_ascii_strcasecmp(name, "last-modified")) {
         curl_parse_validator(v, &h->last_modified);
-    } else if ((v = curl_header_value(line, len, "content-encoding"))) {
+    } else if (!g_ascii_strcasecmp(name, "content-encoding")) {
         if (strlen(v) < sizeof(h->content_encoding) && *v) {
             pstrcpy(h->content_encoding, sizeof(h->content_encoding), v);
         } else {
             pstrcpy(h->content_encoding, sizeof(h->content_encoding), "?");
         }
+    }
+}
+
+/*
+ * CURLOPT_HEADERFUNCTION.  libcurl passes one line at a time, but for the
+ * headers it kept while the transfer was paused, which come as one
+ */
+static size_t curl_header_cb(char *buf, size_t size, size_t nmemb,
+                             void *opaque)
+{
+    size_t len = size * nmemb;
+    size_t pos = 0;
+
+    while (pos < len) {
+        const char *eol = memchr(buf + pos, '\n', len - pos);
+        size_t n = eol ? eol - (buf + pos) + 1 : len - pos;
+
+        curl_parse_header_line(opaque, buf + pos, n);
+        pos += n;
     }
     return len;
 }
@@ -1077,6 +1112,11 @@ static bool curl_transfer_check_answer(CURLTransfer *t)
         return curl_transfer_check_ftp(t);
     }
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (h->malformed) {
+        return curl_transfer_fail(t, -EPROTO, "the server sent a malformed "
+                                  "header line (folded, or without a "
+                                  "colon)");
+    }
     if (!curl_transfer_check_pin(t)) {
         return false;
     }
@@ -1533,6 +1573,11 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     long status = 0, new_conns = 0;
     int ret;
 
+    if (t->paused) {
+        /* It ended before the pause took: it is in flight until handled */
+        t->paused = false;
+        bdrv_inc_in_flight(s->bs);
+    }
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_conns);
     curl_multi_remove_handle(s->multi, t->easy);
@@ -2440,9 +2485,12 @@ out:
  * versions mean the same, not that they hold the same bytes (RFC 9110),
  * and If-Range may not carry it: it pins nothing.  Over FTP, the
  * modification time (MDTM) pins the file, if the server tells it.  A file
- * with none of these is pinned by its size only.
+ * with none of these is pinned by its size only.  An answer whose headers
+ * cannot be read, or whose validator cannot be used (overlong, empty, sent
+ * twice unlike), pins nothing: opening fails rather than check nothing.
  */
-static void curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h)
+static bool curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h,
+                     Error **errp)
 {
     static const char *const names[] = {
         [CURL_PIN_SIZE] = "its size only",
@@ -2452,14 +2500,27 @@ static void curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h)
     };
     g_autofree char *if_range = NULL;
 
+    if (h->malformed) {
+        error_setg(errp, "the server sent a malformed header line (folded, "
+                   "or without a colon)");
+        return false;
+    }
+    if (h->etag.bad || (h->last_modified.bad &&
+                        (!h->etag.seen ||
+                         g_str_has_prefix(h->etag.value, "W/")))) {
+        error_setg(errp, "the server sent an empty, overlong (more than %d "
+                   "characters) or repeated %s, which cannot tell whether "
+                   "the file changes", CURL_MAX_VALIDATOR,
+                   h->etag.bad ? "ETag" : "Last-Modified");
+        return false;
+    }
     if (!h->http) {
         s->mtime = curl_filetime(easy);
         s->pin = s->mtime >= 0 ? CURL_PIN_MDTM : CURL_PIN_SIZE;
-    } else if (h->etag.seen && !h->etag.bad &&
-               !g_str_has_prefix(h->etag.value, "W/")) {
+    } else if (h->etag.seen && !g_str_has_prefix(h->etag.value, "W/")) {
         s->pin = CURL_PIN_ETAG;
         s->validator = g_strdup(h->etag.value);
-    } else if (h->last_modified.seen && !h->last_modified.bad) {
+    } else if (h->last_modified.seen) {
         s->pin = CURL_PIN_LAST_MODIFIED;
         s->validator = g_strdup(h->last_modified.value);
     } else {
@@ -2471,6 +2532,7 @@ static void curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h)
         s->origin_headers = curl_slist_append(s->origin_headers, if_range);
         s->other_headers = curl_slist_append(s->other_headers, if_range);
     }
+    return true;
 }
 
 /* What a look at the remote file found */
@@ -2675,7 +2737,9 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
 
     /* Transfers go straight to where url led, saving a round trip each */
     s->redirect_url = g_steal_pointer(&p->where);
-    curl_pin(s, easy, h);
+    if (!curl_pin(s, easy, h, errp)) {
+        ret = -EPROTO;
+    }
 out:
     g_free(p->where);
     curl_easy_cleanup(easy);
