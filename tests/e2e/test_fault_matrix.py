@@ -20,7 +20,10 @@
 # Faults that are to happen once hit the first GET from 1 MiB on (past
 # the open, and bytes that the convert needs: a readahead fetch of bytes
 # nobody reads may fail without consequence); those that are always there
-# hit every GET from 1 MiB on.  The file replaced while open is
+# hit every GET from 1 MiB on.  A range that a fault keeps from bringing
+# anything new is asked for DEFAULT_RETRIES more times, then the command
+# fails; one that keeps coming in, however often it breaks off, is read
+# to its end.  The file replaced while open is
 # deterministic without sleeps: a delay rule holds that first GET from
 # 1 MiB on, the test replaces the file while the log shows it held, then
 # releases it.
@@ -35,8 +38,10 @@ import re
 import shutil
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import (Any, Callable, ClassVar, Dict, List, Optional, Sequence,
+                    Tuple)
 
 import fixtures
 from e2e_case import E2ETestCase
@@ -44,6 +49,9 @@ from fixtures import CmdResult, MiB, RangeServer, TestImage
 
 IMAGE_SIZE = 8 * MiB
 IMAGE_SEED = 20261111
+#: The driver's default 'retries': how many times in a row it asks again
+#: for a range that brought nothing new before it gives up
+DEFAULT_RETRIES = 5
 #: Every command of a case is killed after this long (a hang fails)
 CASE_TIMEOUT = 60.0
 #: file.timeout of the cases that stall: short, so that they are quick
@@ -110,29 +118,60 @@ def fired(action: str, least: int = 1) -> Check:
     return check
 
 
-def recovered(action: str, least: int = 1, path: Optional[str] = None
-              ) -> Check:
-    """The fault happened, and each range it hit was asked for again (the
-    rest of it, to the same last byte) and served in full: 206, no fault,
-    all its bytes sent (on @path, if the answer comes from elsewhere)."""
+def cut_short(record: Record) -> bool:
+    """Whether a logged answer went without all of its body, or any."""
+    return (record['served'] is None or record['bytes_sent'] <
+            record['served'][1] - record['served'][0] + 1)
+
+
+def byte_range(record: Record) -> Tuple[int, int]:
+    """The first and last byte a logged request asked for."""
+    match = re.fullmatch(r'bytes=(\d+)-(\d+)', record['range'] or '')
+    assert match, f'not a single range: {record}'
+    return int(match.group(1)), int(match.group(2))
+
+
+def covers(records: Sequence[Record], first: int, last: int) -> bool:
+    """Whether the ranges of @records together hold every byte from
+    @first to @last."""
+    for start, end in sorted(map(byte_range, records)):
+        if start > first:
+            break
+        first = max(first, end + 1)
+    return first > last
+
+
+def recovered(action: str, least: int = 1, path: Optional[str] = None,
+              only_cut_short: bool = False) -> Check:
+    """The fault hit, and what each answer it hit did not bring was asked
+    for again and served in full: 206, not hit by the fault, all their
+    bytes sent (on @path, if the answer comes from elsewhere).  Usually
+    by a request for the rest of the range; a drain may have stopped that
+    retry, and a read have asked for those bytes with others.  With
+    @only_cut_short, only the answers whose body the fault cut short are
+    hit (a reset after the last byte of a body took nothing away)."""
+    def hit(record: Record) -> bool:
+        return (action in (record['fault'] or '') and
+                (cut_short(record) or not only_cut_short))
+
     def check(seen: Seen) -> str:
-        hits = [r for r in seen.faulted(action) if r['method'] == 'GET']
+        hits = [r for r in seen.gets() if hit(r)]
         require(len(hits) >= least, f'{len(hits)} GETs got {action!r}, '
                 f'expected at least {least}')
-        for hit in hits:
-            later = [r for r in seen.gets() if r['seq'] > hit['seq'] and
-                     range_end(r) == range_end(hit) and
-                     r['status'] == 206 and r['fault'] is None and
-                     (path is None or r['path'] == path) and
-                     r['served'] and
-                     r['bytes_sent'] == r['served'][1] - r['served'][0] + 1]
-            require(bool(later), f'the range of {hit} was never served '
-                    'in full again')
+        for each in hits:
+            later = [r for r in seen.gets() if r['seq'] > each['seq'] and
+                     r['status'] == 206 and not hit(r) and
+                     not cut_short(r) and
+                     (path is None or r['path'] == path)]
+            first, last = byte_range(each)
+            require(covers(later, first + each['bytes_sent'], last),
+                    f'what {each} did not bring was never served in full '
+                    'again')
         return f'{len(hits)} x {action}, each range asked again and served'
     return check
 
 
-def asked_again(action: str, tries: int) -> Check:
+def asked_again(action: str, tries: int = DEFAULT_RETRIES + 1) -> Check:
     """Each range the fault hit was asked for @tries times in all (the
     first try and the driver's retries), never served."""
     def check(seen: Seen) -> str:
@@ -168,6 +207,42 @@ def waited(action: str, least: float) -> Check:
     return check
 
 
+def most_hits_in_a_range(seen: Seen, action: str) -> int:
+    """How many GETs for the same range (last byte) the fault hit at most."""
+    ends = Counter(range_end(r) for r in seen.faulted(action)
+                   if r['method'] == 'GET')
+    return max(ends.values(), default=0)
+
+
+def resumed(action: str, least_in_a_range: int = 1) -> Check:
+    """Each answer the fault cut short was followed by a request for the
+    rest of its range, served in full, and some range got the fault at
+    least @least_in_a_range times: the driver went on with a range while
+    it kept coming in, however many times it broke off."""
+    def check(seen: Seen) -> str:
+        described = recovered(action, only_cut_short=True)(seen)
+        most = most_hits_in_a_range(seen, action)
+        require(most >= least_in_a_range, f'no range got {action!r} '
+                f'{least_in_a_range} times (at most {most})')
+        return f'{described}; up to {most} in one range'
+    return check
+
+
+def once_per_range(action: str, nth: int) -> Check:
+    """Every @nth GET was picked for the fault, no range got it twice, and
+    each range it cut short was asked for again and served in full."""
+    def check(seen: Seen) -> str:
+        gets = seen.gets()
+        picked = [i + 1 for i, r in enumerate(gets) if r['fault']]
+        require(picked == list(range(nth, len(gets) + 1, nth)),
+                f'the GETs picked are {picked} of {len(gets)}, not every '
+                f'{nth}th')
+        most = most_hits_in_a_range(seen, action)
+        require(most == 1, f'a range got {action!r} {most} times')
+        return recovered(action, only_cut_short=True)(seen)
+    return check
+
+
 def each_range_once(action: str) -> Check:
     """Every range the driver asked for got the fault exactly once, then
     was served in full ("per-range" rules)."""
@@ -196,7 +271,8 @@ def every_nth(action: str, nth: int) -> Check:
 
 
 def head_refused(code: int) -> Check:
-    """HEAD was refused with @code, a GET of the first byte told."""
+    """HEAD was refused with @code (or answered with it, but with headers
+    the driver could not use), a GET of the first byte told."""
     def check(seen: Seen) -> str:
         first = [(r['method'], r['status'], r['range']) for r in seen.log[:2]]
         require(first == [('HEAD', code, None), ('GET', 206, 'bytes=0-0')],
@@ -275,6 +351,13 @@ def fewer_than(count: int) -> Check:
     return check
 
 
+def all_of(*checks: Check) -> Check:
+    """Each of @checks."""
+    def check(seen: Seen) -> str:
+        return '; '.join(each(seen) for each in checks)
+    return check
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:  # pylint: disable=too-many-instance-attributes
     """One row of the matrix.
@@ -311,7 +394,14 @@ MID_ONCE = {'method': 'GET', 'from': MID, 'times': 1}
 MID_ALWAYS = {'method': 'GET', 'from': MID}
 #: Held until the test releases it: the first GET of the middle
 HOLD_MID = {'action': 'delay', 'seconds': HOLD, **MID_ONCE}
+#: A cache in front of the server, which does not pass If-Range on
+IGNORE_IF_RANGE = {'action': 'ignore-if-range'}
+NO_HEAD = {'action': 'no-head'}
 TIMEOUT = {'timeout': STALL_TIMEOUT}
+#: For faults that the driver must refuse: what it says is the point, and
+#: that it says the same after retrying is shown by ignore-range, long,
+#: wrong-range and the like, so ask once and save their retries' waits
+NO_RETRIES = {'retries': 0}
 TIMED_OUT = f'no data for {STALL_TIMEOUT} seconds|timed out'
 
 
@@ -321,7 +411,7 @@ def status_cases(code: int) -> List[Case]:
         Case(f'{code}-once', [{**status, **MID_ONCE}], None,
              recovered('status')),
         Case(f'{code}-always', [{**status, **MID_ALWAYS}],
-             f'the server answered HTTP {code}', asked_again('status', 3)),
+             f'the server answered HTTP {code}', asked_again('status')),
     ]
     if code != 500:
         status['retry-after'] = 1
@@ -346,13 +436,132 @@ def replace_cases() -> List[Case]:
                     name += '-no-etag'
                 rules.append(HOLD_MID)
                 if not if_range:
-                    rules.append({'action': 'ignore-if-range'})
+                    rules.append(IGNORE_IF_RANGE)
                     name += '-if-range-ignored'
                 cases.append(Case(name, rules, 'the remote file changed',
                                   fired('delay'), replace=size))
     cases.append(Case('replaced-same-size-https', [HOLD_MID],
                       'the remote file changed', fired('delay'),
                       server='https', replace='same-size'))
+    return cases
+
+
+#: The file's only validator: a strong ETag of more than 128 characters,
+#: made of the file's own tag so that it changes with the file, and no
+#: Last-Modified date that the driver could go by instead
+LONG_ETAG_ONLY: List[Dict[str, Any]] = [
+    {'action': 'header', 'name': 'ETag',
+     'value': '"$version-' + 'x' * 200 + '"'},
+    {'action': 'header', 'name': 'Last-Modified', 'value': None}]
+#: How the driver refuses an answer without the validators it pinned
+NOT_CHECKABLE = 'cannot be checked against the file'
+
+
+def stale_validator_cases() -> List[Case]:
+    """The file replaced by another of the same size, behind a cache that
+    ignores If-Range, with validators that cannot tell the new version
+    from the old one as they should: each must fail, never give the
+    bytes of two versions."""
+    changed = 'the remote file changed'
+    stale: Dict[str, Tuple[List[Dict[str, Any]], str]] = {
+        # The cache strips the validators of its answers from MID on
+        'strip-validators': ([{'action': 'strip-validators', **MID_ALWAYS}],
+                             f'{changed}|{NOT_CHECKABLE}'),
+        # The same weak tag for both versions: only the date tells (weak
+        # tags say that two versions mean the same, not that they hold
+        # the same bytes)
+        'weak-etag': ([{'action': 'weak-etag'}], changed),
+        # A tag of more than 128 characters, and another for the new file
+        'long-etag': (LONG_ETAG_ONLY, changed),
+    }
+    return [Case(f'replaced-{name}', [*rules, HOLD_MID, IGNORE_IF_RANGE],
+                 error, all_of(fired('delay'), fired(rules[0]['action'])),
+                 replace='same-size')
+            for name, (rules, error) in stale.items()]
+
+
+#: What a read from MID that gets a bad Content-Range must say: the
+#: header, not a consequence of misreading it
+NAMES_CONTENT_RANGE = r'Content-Range'
+#: Content-Range values that are not the range asked for of the file
+#: opened, written with the $placeholders of the "header" rule (for the
+#: first-byte probe, $first and $last are 0, $next is 1): (name, value,
+#: what the error of a read from MID says).  A driver that parses them
+#: loosely takes a sign, a space or too many digits for a number.
+BAD_CONTENT_RANGES = [
+    ('negative-size', 'bytes $first-$last/-1', NAMES_CONTENT_RANGE),
+    ('signed-size', 'bytes $first-$last/+$size', NAMES_CONTENT_RANGE),
+    ('spaced-size', 'bytes $first-$last/ $size', NAMES_CONTENT_RANGE),
+    ('signed-first', 'bytes +$first-$last/$size', NAMES_CONTENT_RANGE),
+    ('overflowing-size', 'bytes $first-$last/99999999999999999999999',
+     NAMES_CONTENT_RANGE),
+    ('hex-size', 'bytes $first-$last/0x800000', NAMES_CONTENT_RANGE),
+    ('reversed', 'bytes $next-$last/$size', NAMES_CONTENT_RANGE),
+    # Well-formed, but more than QEMU can address: after a normal open, a
+    # file that changed size
+    ('unaddressable-size', 'bytes $first-$last/9223372036854775807',
+     r'the remote file changed|more than|Content-Range'),
+    # Well-formed, but not the bytes asked for
+    ('one-byte-more', 'bytes $first-$next/$size',
+     r'the server sent bytes \d+-\d+ for a request of bytes|'
+     r'Content-Range'),
+]
+#: What an open whose first-byte probe gets a bad Content-Range says
+PROBE_REFUSED = r'Content-Range|byte ranges|more than'
+
+
+def content_range_cases() -> List[Case]:
+    """Each bad Content-Range, in the answer to the first-byte probe of an
+    open whose HEAD is refused (the open must fail, never abort), and in
+    the answers to reads from MID after a normal open."""
+    cases = []
+    for name, value, error in BAD_CONTENT_RANGES:
+        content_range = {'action': 'header', 'name': 'Content-Range',
+                         'value': value}
+        cases += [
+            Case(f'probe-content-range-{name}',
+                 [NO_HEAD, {**content_range, **GET}], PROBE_REFUSED,
+                 all_of(head_refused(405), fired('header'))),
+            Case(f'content-range-{name}', [{**content_range, **MID_ALWAYS}],
+                 error, fired('header'), opts=NO_RETRIES),
+        ]
+    return cases
+
+
+#: Content-Length values that do not frame the body, which is the range
+#: asked for all the same.  RFC 9112 6.3: an answer whose Content-Length
+#: is invalid has no framing to trust and must be discarded.  A signed
+#: length, two that differ, and one that no integer holds are invalid,
+#: even though libcurl makes a number of each (it takes the sign, keeps
+#: the last of two, and reads an overflowing one to the connection's
+#: end); so refusing them is failing closed.  A valid length larger than
+#: the range is more than was asked for.
+BAD_CONTENT_LENGTHS = [
+    ('negative', '-1'),
+    ('signed', '+$length'),
+    ('twice', ['$size', '$length']),
+    ('too-large', '4611686018427387904'),
+    ('overflowing', '99999999999999999999999'),
+]
+
+
+def content_length_cases() -> List[Case]:
+    """Each bad Content-Length in the answers to reads from MID, and in
+    the answer to HEAD, which then says a size that no file has, or more
+    than QEMU can address: the open asks a GET of the first byte instead,
+    as it does a server that refuses HEAD."""
+    cases = [Case(f'content-length-{name}',
+                  [{'action': 'header', 'name': 'Content-Length',
+                    'value': value, **MID_ALWAYS}],
+                  r'Content-Length|the server announced \d+ bytes',
+                  fired('header'), opts=NO_RETRIES)
+             for name, value in BAD_CONTENT_LENGTHS]
+    for name, value in (('negative', '-1'),
+                        ('unaddressable', '9223372036854775807')):
+        cases.append(Case(f'head-content-length-{name}',
+                          [{'action': 'header', 'name': 'Content-Length',
+                            'value': value, 'method': 'HEAD'}],
+                          None, all_of(head_refused(200), fired('header'))))
     return cases
 
 
@@ -371,19 +580,38 @@ CASES: List[Case] = [
                                          **GET}],
          None, each_range_once('reset'), server='https'),
     Case('reset-always', [{'action': 'reset', 'bytes': 1000, **MID_ALWAYS}],
-         'Connection reset by peer', asked_again('reset', 3)),
+         'Connection reset by peer', asked_again('reset')),
+    Case('reset-at-once-always', [{'action': 'reset', **MID_ALWAYS}],
+         'Connection reset by peer', asked_again('reset')),
+    # Resets after 64 KiB: each try brings more, however many break off,
+    # so none counts against 'retries'
+    Case('reset-every-4th-after-64k', [{'action': 'reset', 'bytes': 65536,
+                                        'every': 4, **GET}],
+         None, resumed('reset')),
+    Case('reset-every-2nd-once-per-range',
+         # A delay of no time picks every 2nd GET for the rule after it,
+         # which resets it unless its range (per-range) was reset before
+         [{'action': 'delay', 'seconds': 0, 'every': 2, **GET},
+          {'action': 'reset', 'bytes': 65536, 'per-range': True,
+           'times': 1, **GET}],
+         None, once_per_range('reset', 2)),
+    Case('reset-3-times-per-range', [{'action': 'reset', 'bytes': 65536,
+                                      'per-range': True, 'times': 3,
+                                      **GET}],
+         None, resumed('reset', 3)),
     # Stalls: before the headers, in the middle of the body; a trickle
     Case('delay-once', [HOLD_MID], None, recovered('delay'),
          opts=TIMEOUT),
     Case('delay-always', [{'action': 'delay', 'seconds': HOLD,
                            **MID_ALWAYS}],
-         TIMED_OUT, asked_again('delay', 3), opts=TIMEOUT),
+         TIMED_OUT, asked_again('delay'), opts=TIMEOUT),
     Case('stall-once', [{'action': 'stall', 'bytes': 10000,
                          'seconds': HOLD, **MID_ONCE}], None,
          recovered('stall'), opts=TIMEOUT),
-    Case('stall-always', [{'action': 'stall', 'bytes': 10000,
+    # (Less than a granule before each stall: no try brings anything new)
+    Case('stall-always', [{'action': 'stall', 'bytes': 1000,
                            'seconds': HOLD, **MID_ALWAYS}],
-         TIMED_OUT, asked_again('stall', 3), opts=TIMEOUT),
+         TIMED_OUT, asked_again('stall'), opts=TIMEOUT),
     Case('trickle', [{'action': 'trickle', 'bytes': 150, 'seconds': 0.02,
                       **MID_ONCE}], None, trickled(150, 0.02),
          opts=TIMEOUT),
@@ -411,20 +639,43 @@ CASES: List[Case] = [
     Case('short-always', [{'action': 'short', 'bytes': 1000,
                            **MID_ALWAYS}],
          r'transfer closed with \d+ bytes remaining|the transfer ended '
-         r'after', asked_again('short', 3)),
+         r'after', asked_again('short')),
     Case('long', [{'action': 'long', **MID_ALWAYS}],
          r'the server announced \d+ bytes for a range of \d+|the server '
          r'sent more than the \d+ bytes asked for', fired('long')),
     Case('gzip', [{'action': 'gzip', **MID_ALWAYS}],
          r'Content-Encoding: gzip', fired('gzip')),
+    # The chunked transfer coding, right and wrong: the chunk-size lines
+    # of bad-chunks say 3 bytes more than their chunks hold, so the
+    # client takes the end of each chunk and the start of the next size
+    # line for data before it notices; with 8 KiB more, two more chunks
+    # and the size lines between them
+    Case('chunked', [{'action': 'chunked', **GET}], None, fired('chunked')),
+    Case('bad-chunks-once', [{'action': 'bad-chunks', **MID_ONCE}], None,
+         recovered('bad-chunks')),
+    Case('bad-chunks-8k-once', [{'action': 'bad-chunks', 'extra': 8192,
+                                 **MID_ONCE}], None,
+         recovered('bad-chunks')),
+    Case('bad-chunks', [{'action': 'bad-chunks', **MID_ALWAYS}],
+         r'chunk|transfer closed|Malformed|[Ee]ncoding', fired('bad-chunks')),
+    *content_length_cases(),
     # The file replaced while open
     *replace_cases(),
+    *stale_validator_cases(),
+    # Validators that are right, but long: a long tag is legal (If-Range
+    # with it is ignored: the server checks it against its own short tag)
+    Case('long-etag', [*LONG_ETAG_ONLY, IGNORE_IF_RANGE], None,
+         fired('header')),
+    # Validators at open, none with the ranges: nothing to check them by
+    Case('validators-on-head-only', [{'action': 'strip-validators', **GET}],
+         NOT_CHECKABLE, fired('strip-validators')),
     # HEAD refused: a GET of the first byte tells
     Case('head-403', [{'action': 'status', 'code': 403, 'method': 'HEAD'}],
          None, head_refused(403)),
-    Case('head-405', [{'action': 'no-head'}], None, head_refused(405)),
+    Case('head-405', [NO_HEAD], None, head_refused(405)),
     Case('head-503', [{'action': 'status', 'code': 503, 'method': 'HEAD'}],
          None, head_refused(503)),
+    *content_range_cases(),
     # Redirects
     Case('redirect-chain-3',
          [{'action': 'redirect', 'path': '/hop1-{name}',

@@ -63,16 +63,30 @@ def curl(*args: str) -> bytes:
     return proc.stdout
 
 
+def raw_header_fields(data: bytes) -> List[Tuple[str, str]]:
+    """The header fields of a raw HTTP response, in order, with their
+    names in lower case."""
+    head = data.partition(b'\r\n\r\n')[0]
+    fields = []
+    for line in head.decode('latin-1').split('\r\n')[1:]:
+        name, _, value = line.partition(':')
+        fields.append((name.strip().lower(), value.strip()))
+    return fields
+
+
 def parse_raw_response(data: bytes) -> Response:
     """Split a raw HTTP response into status, headers and body."""
     head, _, body = data.partition(b'\r\n\r\n')
-    lines = head.decode('latin-1').split('\r\n')
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(':')
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
+    status = int(head.split(b' ')[1])
+    return status, dict(raw_header_fields(data)), body
+
+
+def chunked(data: bytes, size: int, overstated: int = 0) -> bytes:
+    """@data in the chunked transfer coding, @size bytes to a chunk, each
+    chunk-size line saying @overstated bytes more than its chunk holds."""
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    return b''.join(b'%x\r\n%s\r\n' % (len(chunk) + overstated, chunk)
+                    for chunk in chunks) + b'0\r\n\r\n'
 
 
 class ServerTestCase(unittest.TestCase):
@@ -156,6 +170,17 @@ class ServerTestCase(unittest.TestCase):
                 if not data:
                     return received
                 received += data
+
+    def raw_request(self, method: str, name: str,
+                    headers: Optional[Dict[str, str]] = None,
+                    close: bool = True) -> bytes:
+        """Make a raw request and return all the server sends until EOF:
+        the server must close the connection itself unless @close."""
+        lines = [f'{method} {name} HTTP/1.1', 'Host: x']
+        lines += [f'{key}: {value}' for key, value in (headers or {}).items()]
+        if close:
+            lines.append('Connection: close')
+        return self.raw_exchange(('\r\n'.join(lines) + '\r\n\r\n').encode())
 
     def set_faults(self, rules: List[Dict[str, Any]]) -> None:
         self.server.set_faults(rules)
@@ -844,7 +869,20 @@ class FaultTest(ServerTestCase):
             {'action': 'trickle', 'bytes': 5, 'seconds': -1},
             {'action': 'long', 'bytes': 0},
             {'action': 'close', 'every': 0},
-            {'action': 'close', 'per-range': 1}]
+            {'action': 'close', 'per-range': 1},
+            {'action': 'header', 'value': 'x'},
+            {'action': 'header', 'name': 'X-A'},
+            {'action': 'header', 'name': 'Bad Name', 'value': 'x'},
+            {'action': 'header', 'name': 'X-A', 'value': 5},
+            {'action': 'header', 'name': 'X-A', 'value': []},
+            {'action': 'header', 'name': 'X-A', 'value': ['a', 1]},
+            {'action': 'header', 'name': 'X-A', 'value': 'a\r\nX-B: b'},
+            {'action': 'header', 'name': 'X-A', 'value': '$nothing'},
+            {'action': 'header', 'name': 'X-A', 'value': ['$first', '$']},
+            {'action': 'status', 'code': 503, 'name': 'X-A'},
+            {'action': 'chunked', 'bytes': 0},
+            {'action': 'chunked', 'extra': 3},
+            {'action': 'bad-chunks', 'extra': 0}]
         for rule in bad_rules:
             with self.subTest(rule=rule):
                 with self.assertRaises(RuntimeError):
@@ -854,6 +892,219 @@ class FaultTest(ServerTestCase):
         with self.assertRaises(RuntimeError):
             self.set_faults([{'action': 'close'}, {'action': 'bad'}])
         self.assertEqual(len(self.server.faults()), 1)
+
+
+class HeaderFaultTest(ServerTestCase):
+    """The actions that change the headers or the framing of answers."""
+
+    def test_header(self) -> None:
+        self.set_faults([
+            {'action': 'header', 'name': 'X-Test', 'value': 'a'},
+            {'action': 'header', 'name': 'content-range',
+             'value': 'bytes 0-0/-1'},
+            {'action': 'header', 'name': 'ETag', 'value': None}])
+        # HEAD and GET alike; the body is the range asked for
+        for method, body in (('HEAD', b''), ('GET', DATA[10:20])):
+            with self.subTest(method=method):
+                status, headers, got = self.request(method, '/data.img',
+                                                    {'Range': 'bytes=10-19'})
+                self.assertEqual((status, headers['x-test'],
+                                  headers['content-range'],
+                                  headers['content-length'], got),
+                                 (206, 'a', 'bytes 0-0/-1', '10', body))
+                self.assertNotIn('etag', headers)
+                self.assertIn('last-modified', headers)
+        self.assertEqual([e['fault'] for e in self.server.stats()['log']],
+                         ['header+header+header'] * 2)
+
+    def test_header_in_rule_order(self) -> None:
+        self.set_faults([{'action': 'header', 'name': 'X-Test', 'value': 'a'},
+                         {'action': 'header', 'name': 'x-test',
+                          'value': None},
+                         {'action': 'header', 'name': 'X-Other',
+                          'value': 'b', 'method': 'HEAD'},
+                         {'action': 'header', 'name': 'X-Other',
+                          'value': 'c'}])
+        # Later rules win; a HEAD also gets the rule for HEAD only
+        for method in ('GET', 'HEAD'):
+            headers = self.request(method, '/small.img')[1]
+            self.assertNotIn('x-test', headers)
+            self.assertEqual(headers['x-other'], 'c')
+        self.assertEqual([e['fault'] for e in self.server.stats()['log']],
+                         ['+'.join(['header'] * 3), '+'.join(['header'] * 4)])
+
+    def test_header_list(self) -> None:
+        self.set_faults([{'action': 'header', 'name': 'Content-Length',
+                          'value': ['10', '11']}])
+        data = self.raw_request('GET', '/data.img', {'Range': 'bytes=0-9'},
+                                close=False)
+        self.assertEqual([v for k, v in raw_header_fields(data)
+                          if k == 'content-length'], ['10', '11'])
+        self.assertEqual(parse_raw_response(data)[2], DATA[:10])
+
+    def test_header_framing_closes(self) -> None:
+        # The body stays the range asked for; the server closes after it,
+        # even though the client did not ask it to
+        for name, value in (('Content-Length', '+20'),
+                            ('Transfer-Encoding', 'chunked')):
+            with self.subTest(name=name):
+                self.set_faults([{'action': 'header', 'name': name,
+                                  'value': value}])
+                status, headers, body = parse_raw_response(self.raw_request(
+                    'GET', '/data.img', {'Range': 'bytes=10-29'},
+                    close=False))
+                self.assertEqual((status, headers[name.lower()],
+                                  headers['connection'], body),
+                                 (206, value, 'close', DATA[10:30]))
+
+    def test_header_placeholders(self) -> None:
+        etag = self.request('HEAD', '/data.img')[1]['etag']
+        self.set_faults([
+            {'action': 'header', 'name': 'Content-Range',
+             'value': 'bytes +$first-$last/$size'},
+            {'action': 'header', 'name': 'X-Span',
+             'value': ['$length', '$next', '$$1']},
+            {'action': 'header', 'name': 'ETag',
+             'value': '"${version}x"'}])
+        data = self.raw_request('GET', '/data.img', {'Range': 'bytes=10-19'})
+        fields = raw_header_fields(data)
+        self.assertEqual([v for k, v in fields if k == 'x-span'],
+                         ['10', '20', '$1'])
+        headers = dict(fields)
+        self.assertEqual((headers['content-range'], headers['etag']),
+                         (f'bytes +10-19/{len(DATA)}', etag[:-1] + 'x"'))
+        # All of the file for a 200, nothing for a 416
+        headers = self.request('HEAD', '/data.img')[1]
+        self.assertEqual(headers['content-range'],
+                         f'bytes +0-{len(DATA) - 1}/{len(DATA)}')
+        status, headers, _ = self.get_range('/small.img', 'bytes=500-')
+        self.assertEqual((status, headers['content-range']),
+                         (416, f'bytes +0--1/{len(SMALL)}'))
+
+    def test_header_after_if_range(self) -> None:
+        etag = self.request('HEAD', '/small.img')[1]['etag']
+        self.set_faults([{'action': 'header', 'name': 'ETag',
+                          'value': '"other"'}])
+        status, headers, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3', 'If-Range': etag})
+        self.assertEqual((status, headers['etag'], body),
+                         (206, '"other"', SMALL[:4]))
+        status, _, body = self.request(
+            'GET', '/small.img', {'Range': 'bytes=0-3',
+                                  'If-Range': '"other"'})
+        self.assertEqual((status, body), (200, SMALL))
+
+    def test_header_unsatisfiable(self) -> None:
+        self.set_faults([{'action': 'header', 'name': 'Content-Range',
+                          'value': 'bytes */1'}])
+        status, headers, _ = self.get_range('/small.img', 'bytes=500-')
+        self.assertEqual((status, headers['content-range']),
+                         (416, 'bytes */1'))
+
+    def test_header_then_next_rules(self) -> None:
+        self.set_faults([{'action': 'header', 'name': 'X-Test', 'value': 'a',
+                          'times': 1},
+                         {'action': 'status', 'code': 503, 'times': 1}])
+        self.assertEqual(self.request('GET', '/small.img')[0], 503)
+        self.assertEqual(self.server.stats()['log'][-1]['fault'],
+                         'header+status')
+        [header, status] = self.server.faults()
+        self.assertEqual((header['name'], header['value'], status['hits']),
+                         ('X-Test', 'a', 1))
+
+    def test_strip_validators(self) -> None:
+        etag = self.request('HEAD', '/small.img')[1]['etag']
+        self.set_faults([{'action': 'strip-validators'}])
+        for method in ('HEAD', 'GET'):
+            headers = self.request(method, '/small.img')[1]
+            self.assertNotIn('etag', headers)
+            self.assertNotIn('last-modified', headers)
+        # The server behind the cache still checks If-Range
+        for if_range, answer in ((etag, (206, SMALL[:4])),
+                                 ('"stale"', (200, SMALL))):
+            status, _, body = self.request(
+                'GET', '/small.img', {'Range': 'bytes=0-3',
+                                      'If-Range': if_range})
+            self.assertEqual((status, body), answer)
+        self.assertEqual([e['fault'] for e in self.server.stats()['log']],
+                         [None] + ['strip-validators'] * 4)
+
+    def test_weak_etag(self) -> None:
+        path = self.write_file('versions.img', SMALL)
+        os.utime(path, ns=(10**18, 10**18))
+        self.set_faults([{'action': 'weak-etag'}])
+        first = self.request('HEAD', '/versions.img')[1]
+        self.write_file('versions.img', SMALL[::-1])
+        os.utime(path, ns=(2 * 10**18, 2 * 10**18))
+        status, second, body = self.request('GET', '/versions.img')
+        self.assertEqual((status, body), (200, SMALL[::-1]))
+        # The same tag for both versions, but not the same date
+        self.assertEqual((first['etag'], second['etag']),
+                         ('W/"fixed"', 'W/"fixed"'))
+        self.assertNotEqual(first['last-modified'], second['last-modified'])
+        # A weak tag never matches If-Range; the date does
+        for if_range, answer in (('W/"fixed"', (200, SMALL[::-1])),
+                                 (second['last-modified'],
+                                  (206, SMALL[-1:-5:-1]))):
+            status, _, body = self.request(
+                'GET', '/versions.img', {'Range': 'bytes=0-3',
+                                         'If-Range': if_range})
+            self.assertEqual((status, body), answer)
+
+    def test_chunked(self) -> None:
+        self.set_faults([{'action': 'chunked', 'bytes': 1000}])
+        # http.client undoes the chunked coding
+        status, headers, body = self.get_range('/data.img', 'bytes=100-70099')
+        self.assertEqual((status, headers['transfer-encoding'], body),
+                         (206, 'chunked', DATA[100:70100]))
+        self.assertNotIn('content-length', headers)
+        self.assertEqual(headers['content-range'],
+                         f'bytes 100-70099/{len(DATA)}')
+        data = self.raw_request('GET', '/data.img', {'Range': 'bytes=0-2499'})
+        self.assertEqual(parse_raw_response(data)[2],
+                         chunked(DATA[:2500], 1000))
+        self.assertEqual([e['bytes_sent']
+                          for e in self.server.stats()['log']],
+                         [70000, 2500])
+        # Chunks of 4096 bytes by default; a HEAD is left alone
+        self.set_faults([{'action': 'chunked'}])
+        self.assertEqual(curl('--raw', self.server.url('small.img'),
+                              '-r', '0-9999', self.server.url('data.img')),
+                         chunked(SMALL, 4096) + chunked(DATA[:10000], 4096))
+        self.assertNotIn('transfer-encoding',
+                         self.request('HEAD', '/data.img')[1])
+
+    def test_chunked_head(self) -> None:
+        self.set_faults([{'action': 'chunked', 'method': 'HEAD'}])
+        status, headers, body = parse_raw_response(
+            self.raw_request('HEAD', '/data.img'))
+        self.assertEqual((status, headers['transfer-encoding'], body),
+                         (200, 'chunked', b''))
+        self.assertNotIn('content-length', headers)
+        self.assertEqual(self.request('GET', '/small.img')[2], SMALL)
+
+    def test_bad_chunks(self) -> None:
+        self.set_faults([{'action': 'bad-chunks', 'bytes': 1000}])
+        # The server closes the connection after a broken body
+        status, headers, body = parse_raw_response(self.raw_request(
+            'GET', '/data.img', {'Range': 'bytes=0-2499'}, close=False))
+        self.assertEqual((status, headers['transfer-encoding'], body),
+                         (206, 'chunked', chunked(DATA[:2500], 1000, 3)))
+        self.assertNotIn('content-length', headers)
+        self.assertEqual(self.server.stats()['log'][0]['fault'],
+                         'bad-chunks')
+        self.set_faults([{'action': 'bad-chunks', 'extra': 10}])
+        self.assertEqual(parse_raw_response(self.raw_request(
+            'GET', '/data.img', {'Range': 'bytes=0-9999'}))[2],
+            chunked(DATA[:10000], 4096, 10))
+        # What curl makes of it
+        proc = subprocess.run(['curl', '--silent', '--show-error',
+                               '--noproxy', '*', '-r', '0-9999',
+                               self.server.url('data.img')],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=20, check=False)
+        self.assertEqual(proc.returncode, 56, proc.stderr)   # recv error
+        self.assertIn(b'chunk', proc.stderr)
 
 
 class TlsTest(ServerTestCase):

@@ -30,6 +30,7 @@ import shutil
 import socket
 import ssl
 import stat
+import string
 import struct
 import subprocess
 import sys
@@ -39,7 +40,8 @@ import threading
 import time
 import urllib.parse
 from http import HTTPStatus
-from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
+from typing import (Any, Dict, Iterable, List, Optional, Set, TextIO,
+                    Tuple, Union)
 
 CONTROL_PREFIX = '/_control/'
 CHUNK_SIZE = 64 * 1024
@@ -49,21 +51,51 @@ LONG_EXTRA = 4096
 TRICKLE_INTERVAL = 0.01
 # How long a 'reset' waits for the client to acknowledge what was sent
 RESET_ACK_TIMEOUT = 5.0
+# Default data bytes per chunk of "chunked" and "bad-chunks" answers
+CHUNKED_BYTES = 4096
+# Default excess that "bad-chunks" claims for each chunk
+BAD_CHUNKS_EXTRA = 3
 
 # Actions whose effect is on a response body: unless a rule names a
 # method, they apply to GET only, so that a HEAD does not use them up.
 BODY_ACTIONS = ('short', 'stall', 'wrong-range', 'reset', 'trickle', 'long',
-                'gzip')
+                'gzip', 'chunked', 'bad-chunks')
+
+# Actions that only change the headers of a file answer, once it has been
+# worked out (If-Range included): the fixed changes of each, as
+# "header" rules would make them (see FaultRule.header_changes())
+HEADER_PRESETS: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
+    'strip-validators': (('ETag', None), ('Last-Modified', None)),
+    'weak-etag': (('ETag', 'W/"fixed"'),),
+}
 
 # Actions after which the rules that follow decide how to answer
-PASS_ON_ACTIONS = ('delay', 'no-etag')
+PASS_ON_ACTIONS = ('delay', 'no-etag', 'header', *HEADER_PRESETS)
 
 ACTIONS = ('status', 'no-head', 'ignore-range', 'ignore-if-range',
            'no-accept-ranges', 'wrong-range', 'short', 'close', 'stall',
            'delay', 'redirect', 'length-mismatch', 'reset', 'trickle',
-           'long', 'gzip', 'no-etag')
+           'long', 'gzip', 'no-etag', 'header', 'strip-validators',
+           'weak-etag', 'chunked', 'bad-chunks')
+
+# Members of a rule that only one action takes, and that action
+OWN_MEMBERS = {'retry-after': 'status', 'name': 'header', 'value': 'header',
+               'extra': 'bad-chunks'}
+
+# Headers whose change leaves the body framed otherwise than the answer
+# says: the connection closes after such an answer, so that what the
+# client misreads of one cannot spill into the next
+FRAMING_HEADERS = ('content-length', 'transfer-encoding')
 
 _RANGE_RE = re.compile(r'bytes\s*=\s*(\d*)\s*-\s*(\d*)', re.IGNORECASE)
+# RFC 9110 field-name
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+# A "header" rule's value: sent once, several times (a list), or removed
+HeaderValue = Union[None, str, List[str]]
+
+# What the $placeholders of a "header" value stand for (see FaultRule)
+ANSWER_FIELDS = ('first', 'last', 'next', 'length', 'size', 'version')
 
 
 _RULE_IDS = itertools.count(1)
@@ -145,6 +177,68 @@ def _json_int(obj: Dict[str, Any], key: str, default: Optional[int],
     return value
 
 
+def _json_header_change(obj: Dict[str, Any]) -> Tuple[str, HeaderValue]:
+    """Fetch the required "name" and "value" members of a JSON "header"
+    rule."""
+    name = obj.get('name')
+    if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+        raise ValueError('"header" needs a "name" that is a header field '
+                         'name')
+    if 'value' not in obj:
+        raise ValueError('"header" needs a "value": a string, a list of '
+                         'strings or null')
+    value: HeaderValue = obj['value']
+    values = [value] if isinstance(value, str) else value
+    if values is not None and (not isinstance(values, list) or not values or
+                               not all(isinstance(v, str) and
+                                       '\r' not in v and '\n' not in v
+                                       for v in values)):
+        raise ValueError('"header" "value" must be a string, a non-empty '
+                         'list of strings or null, without line breaks')
+    for template in values or ():
+        try:
+            string.Template(template).substitute(
+                dict.fromkeys(ANSWER_FIELDS, 0))
+        except (KeyError, ValueError) as err:
+            raise ValueError(f'"header" "value" {template!r}: the '
+                             f'placeholders are ${", $".join(ANSWER_FIELDS)} '
+                             f'(and $$ is $)') from err
+    return name, value
+
+
+def change_headers(headers: Dict[str, str],
+                   changes: Iterable[Tuple[str, HeaderValue]],
+                   answer: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """@headers with @changes made in turn, as a list of header lines.
+
+    Each change (name, value) replaces all the headers of that name (in
+    any case) where the first of them was, or adds it at the end; a value
+    None removes them, a list sends the header once for each item.  The
+    $placeholders of the values are filled in from @answer, which has
+    each of ANSWER_FIELDS.
+    """
+    fields = {name.lower(): [(name, value)]
+              for name, value in headers.items()}
+    for name, value in changes:
+        if value is None:
+            fields.pop(name.lower(), None)
+        else:
+            values = [value] if isinstance(value, str) else value
+            fields[name.lower()] = [
+                (name, string.Template(v).substitute(answer))
+                for v in values]
+    return [field for group in fields.values() for field in group]
+
+
+def answer_fields(start: int, length: int, size: int,
+                  version: str) -> Dict[str, Any]:
+    """The values of ANSWER_FIELDS for an answer that carries @length
+    bytes from @start of a file of @size bytes known as @version."""
+    return {'first': start, 'last': start + length - 1,
+            'next': start + length, 'length': length, 'size': size,
+            'version': version}
+
+
 @dataclasses.dataclass
 class RuleCount:
     """What a "per-range" fault rule still has to do for one range."""
@@ -164,8 +258,8 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     path       apply only to this URL path (exact match after decoding)
     method     apply only to "GET" or "HEAD".  By default both, except
                that no-head applies to HEAD only, and the actions on a
-               body (short, stall, wrong-range, reset, trickle, long and
-               gzip) to GET only
+               body (short, stall, wrong-range, reset, trickle, long,
+               gzip, chunked and bad-chunks) to GET only
     from       apply only to requests whose Range starts at or past this
                byte (a request without one starts at byte 0)
     skip       first let this many matching requests through (default 0)
@@ -217,6 +311,40 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     no-etag           answer without an ETag header, as the rules after
                       this one say (normally if none matches); the file is
                       then known by its Last-Modified date only
+    header            set header "name" of the answer to "value": a
+                      string, a list of strings (the header is sent once
+                      with each), or null (the header is removed); then
+                      answer as the rules after this one say.  The change
+                      is made to the file answer (200, 206 or 416) that
+                      the server worked out, If-Range included, and only
+                      to its headers: a changed Content-Range or
+                      Content-Length leaves the body as it was.  After a
+                      change of Content-Length or Transfer-Encoding, the
+                      connection closes.  Several changes are made in the
+                      order of their rules.  In a value, $first and $last
+                      are the first and last byte of the range that the
+                      answer carries (0 and the size - 1 for a 200, 0 and
+                      -1 for a 416), $next is $last + 1, $length the
+                      number of bytes of the range, $size the size of the
+                      file as Content-Range gives it, $version what the
+                      file's own ETag holds between its quotes (so that a
+                      tag made with it changes with the file), and $$ is
+                      a $; write ${name} where a letter, a digit or _
+                      follows
+    strip-validators  answer without ETag and Last-Modified, as a cache
+                      that drops them would (If-Range is still checked
+                      against them), as the rules after this one say
+    weak-etag         answer with ETag: W/"fixed", the same weak tag for
+                      every version of the file (If-Range is still checked
+                      against the real validators, and Last-Modified still
+                      changes with the file), as the rules after this one
+                      say
+    chunked           send the body with Transfer-Encoding: chunked and
+                      without Content-Length, in chunks of "bytes"
+                      (default 4096) bytes
+    bad-chunks        like chunked, but each chunk-size line says "extra"
+                      (default 3) bytes more than its chunk holds; the
+                      connection closes after the body
     redirect          redirect to "location" with "code" (default 302);
                       never applies to a request for the target's path
     length-mismatch   report a size 4096 bytes too large in Content-Range
@@ -224,8 +352,9 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
 
     The first rule that matches a request decides alone: it either lets
     the request through (while skipping, or between two "every"), or
-    applies to it.  Only after a delay or a no-etag do the rules that
-    follow it have their say as well.  POST /_control/release ends the
+    applies to it.  Only after a delay, a no-etag, a header, a
+    strip-validators or a weak-etag do the rules that follow it have
+    their say as well.  POST /_control/release ends the
     waits of delays and stalls in progress at once.
     """
 
@@ -243,6 +372,9 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
     retry_after: Optional[str] = None
     every: int = 1
     per_range: bool = False
+    header_name: str = ''
+    header_value: HeaderValue = None
+    extra: int = 0
     hits: int = 0
     # Matching requests counted towards "every" (per range: in counts)
     seen: int = 0
@@ -258,7 +390,7 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
             raise ValueError('a fault rule must be a JSON object')
         known = {'action', 'path', 'method', 'from', 'skip', 'times', 'code',
                  'shift', 'bytes', 'seconds', 'location', 'retry-after',
-                 'every', 'per-range'}
+                 'every', 'per-range', 'name', 'value', 'extra'}
         unknown = set(obj) - known
         if unknown:
             raise ValueError(f'unknown fault rule keys: {sorted(unknown)}')
@@ -274,6 +406,9 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
         per_range = obj.get('per-range', False)
         if not isinstance(per_range, bool):
             raise ValueError('"per-range" must be true or false')
+        for key, owner in OWN_MEMBERS.items():
+            if key in obj and action != owner:
+                raise ValueError(f'"{key}" is for "{owner}" rules only')
 
         rule = cls(action=action, path=path, method=method,
                    first=_json_int(obj, 'from', 0, 0) or 0,
@@ -283,9 +418,17 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
                    nbytes=_json_int(obj, 'bytes', 0, 0) or 0,
                    every=_json_int(obj, 'every', 1, 1) or 1,
                    per_range=per_range)
+        rule._read_action_members(obj)
+        return rule
+
+    def _read_action_members(self, obj: Dict[str, Any]) -> None:
+        """Set the members that the rule's action takes from @obj, its
+        JSON form, raising ValueError if bad."""
+        # pylint: disable=too-many-branches
+        action = self.action
         if action == 'status':
-            rule.code = _json_int(obj, 'code', None, 400) or 0
-            if not 400 <= rule.code <= 599:
+            self.code = _json_int(obj, 'code', None, 400) or 0
+            if not 400 <= self.code <= 599:
                 raise ValueError('"status" needs a "code" from 400 to 599')
             retry_after = obj.get('retry-after')
             if retry_after is not None:
@@ -293,24 +436,22 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
                         retry_after, (int, str)):
                     raise ValueError('"retry-after" must be a number of '
                                      'seconds or an HTTP date')
-                rule.retry_after = str(retry_after)
-        elif 'retry-after' in obj:
-            raise ValueError('"retry-after" is for "status" rules only')
+                self.retry_after = str(retry_after)
         elif action == 'redirect':
-            rule.code = _json_int(obj, 'code', 302) or 0
-            if rule.code not in (301, 302, 303, 307, 308):
+            self.code = _json_int(obj, 'code', 302) or 0
+            if self.code not in (301, 302, 303, 307, 308):
                 raise ValueError('"redirect" "code" must be 301, 302, 303, '
                                  '307 or 308')
             location = obj.get('location')
             if not isinstance(location, str) or not location:
                 raise ValueError('"redirect" needs a "location" string')
-            rule.location = location
+            self.location = location
         elif action in ('stall', 'delay'):
             seconds = obj.get('seconds')
             if (isinstance(seconds, bool) or
                     not isinstance(seconds, (int, float)) or seconds < 0):
                 raise ValueError(f'"{action}" needs "seconds" >= 0')
-            rule.seconds = float(seconds)
+            self.seconds = float(seconds)
         elif action == 'trickle':
             if 'bytes' not in obj:
                 raise ValueError('"trickle" needs "bytes"')
@@ -318,12 +459,18 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
             if (isinstance(seconds, bool) or
                     not isinstance(seconds, (int, float)) or seconds < 0):
                 raise ValueError('"trickle" "seconds" must be >= 0')
-            rule.seconds = float(seconds)
+            self.seconds = float(seconds)
         elif action == 'long':
-            rule.nbytes = _json_int(obj, 'bytes', LONG_EXTRA, 1) or 0
+            self.nbytes = _json_int(obj, 'bytes', LONG_EXTRA, 1) or 0
         elif action == 'short' and 'bytes' not in obj:
             raise ValueError('"short" needs "bytes"')
-        return rule
+        elif action == 'header':
+            self.header_name, self.header_value = _json_header_change(obj)
+        elif action in ('chunked', 'bad-chunks'):
+            self.nbytes = _json_int(obj, 'bytes', CHUNKED_BYTES, 1) or 0
+            if action == 'bad-chunks':
+                self.extra = _json_int(obj, 'extra', BAD_CHUNKS_EXTRA,
+                                       1) or 0
 
     def to_json(self) -> Dict[str, Any]:
         """Return the JSON form of the rule, with its remaining counts."""
@@ -343,11 +490,25 @@ class FaultRule:  # pylint: disable=too-many-instance-attributes
             obj['location'] = self.location
         if self.action == 'wrong-range':
             obj['shift'] = self.shift
-        if self.action in ('short', 'stall', 'reset', 'trickle', 'long'):
+        if self.action in ('short', 'stall', 'reset', 'trickle', 'long',
+                           'chunked', 'bad-chunks'):
             obj['bytes'] = self.nbytes
         if self.action in ('stall', 'delay', 'trickle'):
             obj['seconds'] = self.seconds
+        if self.action == 'header':
+            obj['name'] = self.header_name
+            obj['value'] = self.header_value
+        if self.action == 'bad-chunks':
+            obj['extra'] = self.extra
         return obj
+
+    def header_changes(self) -> Tuple[Tuple[str, HeaderValue], ...]:
+        """The changes that the rule makes to the headers of an answer
+        (see change_headers()): none unless it is a "header" or one of
+        the HEADER_PRESETS."""
+        if self.action == 'header':
+            return ((self.header_name, self.header_value),)
+        return HEADER_PRESETS.get(self.action, ())
 
     def count(self, end: Optional[int]) -> Any:
         """What counts the requests for a range ending at byte @end: the
@@ -391,7 +552,8 @@ class RequestRecord:  # pylint: disable=too-many-instance-attributes
     of a GET answer carries (with a "long" answer, more than the file
     may have), or None if it has no body, and @fault is the action of
     the fault rule applied to the request, if any ("delay+status" and the
-    like when a delay or a no-etag let the rules after it decide too).
+    like when one of the PASS_ON_ACTIONS let the rules after it decide
+    too).
     """
 
     seq: int
@@ -693,6 +855,7 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         return fd
 
     def _handle_file(self, path: str) -> None:
+        # pylint: disable=too-many-branches
         state = self.server.state
         # A release after this request is logged ends its delay or stall,
         # even one that has not begun to wait yet
@@ -719,6 +882,7 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         end = range_end(range_header)
         rule = state.take_fault(self.command, path, first, end=end)
         send_etag = True
+        header_changes: List[Tuple[str, HeaderValue]] = []
         if rule is not None:
             applied = [rule.action]
             state.update(record, fault=rule.action)
@@ -727,12 +891,15 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             while rule is not None and rule.action in PASS_ON_ACTIONS:
-                if rule.action == 'no-etag':
+                if rule.action == 'delay':
+                    if self.server.pause(rule.seconds,
+                                         self.release_generation):
+                        self.close_connection = True
+                        return
+                elif rule.action == 'no-etag':
                     send_etag = False
-                elif self.server.pause(rule.seconds,
-                                       self.release_generation):
-                    self.close_connection = True
-                    return
+                else:
+                    header_changes += rule.header_changes()
                 rule = state.take_fault(self.command, path, first,
                                         after=rule, end=end)
                 if rule is not None:
@@ -754,7 +921,8 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             self._send_simple(404, b'Not Found\n')
             return
         try:
-            self._send_file(fd, record, rule, range_header, send_etag)
+            self._send_file(fd, record, rule, range_header, send_etag,
+                            header_changes)
         finally:
             os.close(fd)
 
@@ -788,17 +956,21 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
     def _send_file(self, fd: int, record: RequestRecord,
                    rule: Optional[FaultRule],
                    range_header: Optional[str],
-                   send_etag: bool = True) -> None:
+                   send_etag: bool = True,
+                   header_changes: Iterable[Tuple[str, HeaderValue]] = ()
+                   ) -> None:
         """Send the headers and body for the open file @fd, with an ETag
-        if @send_etag."""
+        if @send_etag, and the headers changed by @header_changes."""
         # pylint: disable=too-many-locals,too-many-branches
+        # pylint: disable=too-many-arguments,too-many-statements
         action = rule.action if rule else None
         info = os.fstat(fd)
         size = info.st_size
         total = size + (LENGTH_MISMATCH_EXTRA
                         if action == 'length-mismatch' else 0)
         # A new file (os.replace) has a new inode, hence a new ETag
-        etag = f'"{size:x}-{info.st_mtime_ns:x}-{info.st_ino:x}"'
+        version = f'{size:x}-{info.st_mtime_ns:x}-{info.st_ino:x}'
+        etag = f'"{version}"'
         last_modified = email.utils.formatdate(info.st_mtime, usegmt=True)
 
         headers = {'Last-Modified': last_modified}
@@ -819,8 +991,10 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                 byte_range = parse_range(range_header, size)
             except UnsatisfiableRange:
                 headers['Content-Range'] = f'bytes */{total}'
+                headers['Content-Length'] = '0'
                 self.server.state.update(record, status=416)
-                self._send_simple(416, headers=headers)
+                self._send_head(416, headers, header_changes,
+                                answer_fields(0, 0, total, version))
                 return
 
         if byte_range is None:
@@ -855,15 +1029,16 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                 encoded = gzip.compress(os.pread(fd, length, start),
                                         compresslevel=1)
                 headers['Content-Length'] = str(len(encoded))
+        if action in ('chunked', 'bad-chunks'):
+            del headers['Content-Length']
+            headers['Transfer-Encoding'] = 'chunked'
 
         served = None
         if self.command == 'GET' and length > 0:
             served = (start, start + length + extra - 1)
         self.server.state.update(record, status=code, served=served)
-        self.send_response(code)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self._end_headers()
+        self._send_head(code, headers, header_changes,
+                        answer_fields(start, length, total, version))
         if self.command == 'HEAD':
             length = extra = 0
 
@@ -874,24 +1049,42 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         limit = None
         stall = None
         trickle = None
+        chunks = None
         if rule is not None and action in ('short', 'reset'):
             limit = rule.nbytes
         elif rule is not None and action == 'stall':
             stall = (rule.nbytes, rule.seconds)
         elif rule is not None and action == 'trickle':
             trickle = (rule.nbytes, rule.seconds)
+        elif (rule is not None and action in ('chunked', 'bad-chunks') and
+              self.command == 'GET'):
+            chunks = (rule.nbytes, rule.extra)
         # What the file does not have past its end of a long body is zeroes
         in_file = min(length + extra, max(size - start, 0))
         complete = self._send_body(fd, start, in_file, record, limit, stall,
-                                   trickle)
+                                   trickle, chunks)
         if complete and length + extra > in_file:
             zeroes = length + extra - in_file
             self.server.state.add_bytes(record, zeroes)
             self.wfile.write(bytes(zeroes))
         if action == 'reset':
             self._reset_connection()
-        elif not complete or action == 'short':
+        elif not complete or action in ('short', 'bad-chunks'):
+            # Nothing the client reads after a broken body is to be trusted
             self.close_connection = True
+
+    def _send_head(self, code: int, headers: Dict[str, str],
+                   changes: Iterable[Tuple[str, HeaderValue]],
+                   answer: Dict[str, Any]) -> None:
+        """Send the status line and @headers, with @changes made to them
+        (see change_headers())."""
+        changes = list(changes)
+        if any(name.lower() in FRAMING_HEADERS for name, _ in changes):
+            self.close_connection = True
+        self.send_response(code)
+        for name, value in change_headers(headers, changes, answer):
+            self.send_header(name, value)
+        self._end_headers()
 
     def _reset_connection(self) -> None:
         """Abort the connection with a TCP RST, once the client has
@@ -918,22 +1111,28 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
     def _send_body(self, fd: int, start: int, length: int,
                    record: RequestRecord, limit: Optional[int],
                    stall: Optional[Tuple[int, float]],
-                   trickle: Optional[Tuple[int, float]] = None) -> bool:
+                   trickle: Optional[Tuple[int, float]] = None,
+                   chunks: Optional[Tuple[int, int]] = None) -> bool:
         """Send @length bytes of @fd from offset @start.
 
         Stop after @limit bytes if it is given.  If @stall is given as
         (nbytes, seconds), wait that many seconds after the first nbytes
         bytes.  If @trickle is given as (nbytes, seconds), send the first
-        nbytes bytes one at a time, that many seconds apart.  Return
-        whether the whole body was sent.
+        nbytes bytes one at a time, that many seconds apart.  If @chunks
+        is given as (nbytes, extra), send the bytes in the chunked
+        transfer coding, nbytes at most in each chunk, whose size line
+        says extra bytes more than it holds, and the last chunk after
+        them.  Return whether the whole body was sent.
         """
-        # pylint: disable=too-many-arguments
+        # pylint: disable=too-many-arguments,too-many-locals
+        # pylint: disable=too-many-branches
         state = self.server.state
         end = length if limit is None else min(limit, length)
         pause_at, pause = (None, 0.0) if stall is None else stall
         if pause_at is not None:
             pause_at = min(pause_at, length)
         slow, interval = (0, 0.0) if trickle is None else trickle
+        chunk_size, overstated = (CHUNK_SIZE, 0) if chunks is None else chunks
         sent = 0
         while True:
             if pause_at is not None and sent >= pause_at:
@@ -942,10 +1141,12 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
                     return False
                 pause_at = None
             if sent >= end:
+                if chunks is not None and sent == length:
+                    self.wfile.write(b'0\r\n\r\n')
                 return sent == length
             if 0 < sent < slow and self.server.stopping.wait(interval):
                 return False
-            count = min(CHUNK_SIZE, end - sent)
+            count = min(chunk_size, end - sent)
             if pause_at is not None:
                 count = min(count, pause_at - sent)
             if sent < slow:
@@ -958,7 +1159,11 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             # it in the statistics
             state.add_bytes(record, len(data))
             try:
-                self.wfile.write(data)
+                if chunks is None:
+                    self.wfile.write(data)
+                else:
+                    self.wfile.write(b'%x\r\n%s\r\n' %
+                                     (len(data) + overstated, data))
             except OSError:
                 state.add_bytes(record, -len(data))
                 raise
