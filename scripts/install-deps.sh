@@ -13,8 +13,9 @@ BUILD_PKGS="build-essential ninja-build pkg-config dpkg-dev debian-archive-keyri
  python3 python3-venv libglib2.0-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev
  libaio-dev libpixman-1-dev libfdt-dev xz-utils ca-certificates
  gcc-multilib seabios e2fsprogs"
-# The test harness: nginx over HTTPS, an FTP server, certificates.
-TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux"
+# The test harness: nginx over HTTPS, FTP servers (pyftpdlib, and vsftpd, the
+# one most Linux hosts run), certificates.
+TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux vsftpd"
 # The benchmark: reference downloaders and the plot.
 BENCH_PKGS="aria2 gnuplot-nox time autoconf automake libtool libgnutls28-dev"
 
