@@ -296,7 +296,6 @@ struct BDRVCURLState {
     unsigned active_readahead;  /* of which for readahead */
     unsigned warm_up_left;      /* readahead that may use any connection */
     bool quiesced;              /* drained: hold what no read waits for */
-    bool room_wanted;           /* and a read waits for room in the cache */
     bool error_reported;        /* stderr has a failure since a success */
     uint64_t nb_transfers;      /* statistics, traced at close */
     uint64_t nb_retries;
@@ -1723,44 +1722,46 @@ static void curl_transfer_resume_locked(CURLTransfer *t)
  * Drained: hold what no read waits for, so that the node is quiet but
  * loses nothing.  Transfers are paused, readahead not started yet stays
  * queued, and a transfer that waits to ask again waits on.  What a read
- * waits for goes on, at once even if it waited to ask again.  Held
- * fetches keep their room in the cache: if a read waits for room, they
- * are ended instead, those in flight too (a read that wants their bytes
- * later fetches them again).
+ * waits for goes on, at once even if it waited to ask again.
+ *
+ * What is held keeps its room in the cache and its connection.  While a
+ * read of the drained node waits for either, paused transfers go on (they
+ * are held again once it need not), those waiting to ask again end, and,
+ * for room, readahead not started yet is dropped: a read that wants their
+ * bytes later fetches them again.
  */
 static void curl_quiesce_locked(BDRVCURLState *s)
 {
     int64_t now_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    bool room_wanted = range_cache_room_wanted_locked(&s->cache);
+    bool held_wanted = room_wanted || (!QTAILQ_EMPTY(&s->miss_queue) &&
+                                       s->active >= s->connections);
     RangeCacheFetch *fetch;
     unsigned i;
 
     for (i = 0; i < s->connections; i++) {
         CURLTransfer *t = &s->transfers[i];
+        bool wanted = t->fetch && range_cache_fetch_wanted(t->fetch);
 
         if (!t->fetch) {
             continue;
         }
-        if (range_cache_fetch_wanted(t->fetch)) {
-            if (t->paused) {
-                curl_transfer_resume_locked(t);
-            } else if (t->retry_at_ms) {
-                t->retry_at_ms = now_ms;
-            }
-        } else if (s->room_wanted) {
+        if (t->paused && (wanted || held_wanted)) {
+            curl_transfer_resume_locked(t);
+        } else if (t->retry_at_ms && wanted) {
+            t->retry_at_ms = now_ms;
+        } else if (t->retry_at_ms && held_wanted) {
             trace_curl_quiesce_locked(s, t->first, t->last, t->received);
-            if (!t->retry_at_ms) {
-                curl_multi_remove_handle(s->multi, t->easy);
-            }
             curl_transfer_finish_locked(t, -ECANCELED);
-        } else if (!t->paused && !t->retry_at_ms) {
+        } else if (!t->paused && !t->retry_at_ms && !wanted &&
+                   !held_wanted) {
             curl_transfer_pause_locked(t);
         }
     }
-    while (s->room_wanted && (fetch = QTAILQ_FIRST(&s->readahead_queue))) {
+    while (room_wanted && (fetch = QTAILQ_FIRST(&s->readahead_queue))) {
         curl_unqueue_locked(fetch);
         range_cache_fetch_done_locked(&s->cache, fetch, -ECANCELED);
     }
-    s->room_wanted = false;
     curl_arm_retry_timer_locked(s);
 }
 
@@ -1907,7 +1908,6 @@ static void curl_cache_no_room(void *opaque)
     BDRVCURLState *s = opaque;
 
     if (s->quiesced && s->start_bh) {
-        s->room_wanted = true;
         qemu_bh_schedule(s->start_bh);
     }
 }
@@ -1959,7 +1959,6 @@ static void curl_drain_end(BlockDriverState *bs)
 
     QEMU_LOCK_GUARD(&s->mutex);
     s->quiesced = false;
-    s->room_wanted = false;
     if (s->start_bh) {
         qemu_bh_schedule(s->start_bh);
     }

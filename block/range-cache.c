@@ -230,6 +230,11 @@ static void range_cache_list_add_locked(RangeCache *rc, RangeCacheBlock *b,
     QTAILQ_INSERT_TAIL(&rc->lists[list], b, next);
 }
 
+bool range_cache_room_wanted_locked(RangeCache *rc)
+{
+    return !qemu_co_queue_empty(&rc->room_waiters);
+}
+
 static bool range_cache_has_room_locked(RangeCache *rc)
 {
     return !QTAILQ_EMPTY(&rc->free) ||

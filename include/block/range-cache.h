@@ -443,6 +443,15 @@ uint64_t range_cache_fetch_discard_locked(RangeCache *rc,
 void range_cache_fetch_seal_locked(RangeCache *rc, RangeCacheFetch *fetch);
 
 /**
+ * range_cache_room_wanted_locked:
+ * @rc: the cache
+ *
+ * Returns: whether a read waits for room in the cache (see
+ * RangeCacheOps.no_room)
+ */
+bool range_cache_room_wanted_locked(RangeCache *rc);
+
+/**
  * range_cache_fetch_wanted:
  * @fetch: a fetch
  *

@@ -124,17 +124,27 @@ def cut_short(record: Record) -> bool:
             record['served'][1] - record['served'][0] + 1)
 
 
-def byte_range(record: Record) -> Tuple[int, int]:
-    """The first and last byte a logged request asked for."""
-    match = re.fullmatch(r'bytes=(\d+)-(\d+)', record['range'] or '')
-    assert match, f'not a single range: {record}'
-    return int(match.group(1)), int(match.group(2))
+#: Faults that cut an answer short or hold it, but leave the bytes it
+#: sent right: the driver keeps them
+KEEPS_BYTES = ('reset', 'short', 'stall', 'trickle', 'delay', 'close')
+
+
+def delivered(record: Record) -> Optional[Tuple[int, int]]:
+    """The first and last byte a logged answer delivered of the file,
+    right ones, or None if it delivered none (or wrong ones)."""
+    faults = (record['fault'] or '').split('+')
+    if (record['status'] != 206 or not record['served'] or
+            not record['bytes_sent'] or
+            any(f and f not in KEEPS_BYTES for f in faults)):
+        return None
+    first = record['served'][0]
+    return first, min(record['served'][1], first + record['bytes_sent'] - 1)
 
 
 def covers(records: Sequence[Record], first: int, last: int) -> bool:
-    """Whether the ranges of @records together hold every byte from
-    @first to @last."""
-    for start, end in sorted(map(byte_range, records)):
+    """Whether what @records delivered holds every byte from @first to
+    @last."""
+    for start, end in sorted(filter(None, map(delivered, records))):
         if start > first:
             break
         first = max(first, end + 1)
@@ -144,12 +154,12 @@ def covers(records: Sequence[Record], first: int, last: int) -> bool:
 def recovered(action: str, least: int = 1, path: Optional[str] = None,
               only_cut_short: bool = False) -> Check:
     """The fault hit, and what each answer it hit did not bring was asked
-    for again and served in full: 206, not hit by the fault, all their
-    bytes sent (on @path, if the answer comes from elsewhere).  Usually
-    by a request for the rest of the range; a drain may have stopped that
-    retry, and a read have asked for those bytes with others.  With
-    @only_cut_short, only the answers whose body the fault cut short are
-    hit (a reset after the last byte of a body took nothing away)."""
+    for again and delivered (on @path, if the answer comes from
+    elsewhere): usually by a request for the rest of the range, which the
+    fault may cut short again if it keeps the bytes it sent; a drain may
+    have ended that retry, and a read asked for those bytes with others.
+    With @only_cut_short, only the answers whose body the fault cut short
+    are hit (a reset after the last byte of a body took nothing away)."""
     def hit(record: Record) -> bool:
         return (action in (record['fault'] or '') and
                 (cut_short(record) or not only_cut_short))
@@ -160,13 +170,11 @@ def recovered(action: str, least: int = 1, path: Optional[str] = None,
                 f'expected at least {least}')
         for each in hits:
             later = [r for r in seen.gets() if r['seq'] > each['seq'] and
-                     r['status'] == 206 and not hit(r) and
-                     not cut_short(r) and
                      (path is None or r['path'] == path)]
-            first, last = byte_range(each)
-            require(covers(later, first + each['bytes_sent'], last),
-                    f'what {each} did not bring was never served in full '
-                    'again')
+            first, last = fixtures.parse_byte_range(each['range'])
+            kept = delivered(each)
+            require(covers(later, kept[1] + 1 if kept else first, last),
+                    f'what {each} did not bring was never delivered')
         return f'{len(hits)} x {action}, each range asked again and served'
     return check
 
