@@ -10,6 +10,10 @@
 # answers the first REST to each position with a transient 450 error
 # costs retries, not the convert.
 #
+# The file is pinned at open by its modification time (MDTM) and size:
+# one replaced by another of the same size while a node is open is refused
+# on the next transfer, never mixed with the old one.
+#
 # The ftps:// conversions run with "qemu-img convert -m 1" (one request
 # at a time): with parallel requests the stock driver (libcurl 7.88.1,
 # GnuTLS) intermittently stalls on a new FTPS control connection after
@@ -22,12 +26,14 @@
 
 from __future__ import annotations
 
+import os
 import unittest
 from typing import ClassVar
 
 import fixtures
 from e2e_case import E2ETestCase
-from fixtures import FtpServer, ImageSet, TestImage
+from fixtures import (FtpServer, ImageSet, MiB, NbdClient, StorageDaemon,
+                      TestImage)
 
 USER = 'e2e-user'
 PASSWORD = 'pass-w0rd'
@@ -93,6 +99,43 @@ class FtpTest(E2ETestCase):
         # (the whole convert may take one transfer, refused once)
         self.assertGreaterEqual(log.count('refused for the test'), 1,
                                 log[-2000:])
+
+    def test_ftp_replaced_file_refused(self) -> None:
+        """A file replaced by another of the same size, a second later,
+        after the node was opened: the next transfer finds another MDTM
+        and fails, naming the change; no byte of the new file is read."""
+        www = self.tmp / 'www'
+        www.mkdir()
+        image = fixtures.make_test_image(www / 'disk.raw', 4 * MiB, 2026)
+        path = image.path
+        ftp = FtpServer(www)
+        ftp.start()
+        self.addCleanup(ftp.stop)
+        qsd = StorageDaemon()
+        qsd.start()
+        self.addCleanup(qsd.cleanup)
+        qsd.cmd('blockdev-add', driver='ftp', node_name='ftp0',
+                url=ftp.url(image.name), read_only=True, retries=0)
+        sock = qsd.socket_path('nbd.sock')
+        qsd.cmd('nbd-server-start',
+                addr={'type': 'unix', 'data': {'path': str(sock)}})
+        qsd.cmd('block-export-add', type='nbd', id='exp0', node_name='ftp0',
+                name='disk', writable=False)
+
+        new = path.with_name('new')
+        new.write_bytes(bytes(b ^ 0xff for b in path.read_bytes()))
+        mtime = path.stat().st_mtime + 100
+        os.utime(new, (mtime, mtime))
+        os.replace(new, path)
+        with NbdClient(sock, 'disk') as client:
+            reply = client.read(0, 4096)
+        self.assertNotEqual(reply.error, 0, 'a read of the new file worked')
+        self.assertIn('the remote file changed since it was opened',
+                      qsd.output())
+        qsd.cmd('block-export-del', id='exp0', mode='hard')
+        qsd.event_wait('BLOCK_EXPORT_DELETED', match={'id': 'exp0'})
+        qsd.cmd('blockdev-del', node_name='ftp0')
+        self.assertEqual(qsd.shutdown(), 0)
 
     def test_ftp_user_password_in_url(self) -> None:
         """ftp://user:password@..., raw image, to raw."""
