@@ -1604,6 +1604,13 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     if (ret < 0) {
         /* What the answer could not prove is asked for again, or lost */
         range_cache_fetch_discard_locked(&s->cache, fetch);
+    }
+    if (ret < 0 && fetch->proven == fetch->end) {
+        /* It failed after its last byte (a stall, an FTP reply): no loss */
+        range_cache_fetch_seal_locked(&s->cache, fetch);
+        ret = 0;
+    }
+    if (ret < 0) {
         if (curl_transfer_again_locked(t, result, status, ret)) {
             if (t->retry_at_ms) {
                 curl_arm_retry_timer_locked(s);
