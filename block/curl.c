@@ -292,7 +292,7 @@ struct BDRVCURLState {
     char *redirect_url;         /* where url redirected, if used directly */
     CURLFetchQueue miss_queue;  /* fetches that reads wait for */
     CURLFetchQueue readahead_queue;
-    unsigned active;            /* transfers running */
+    unsigned active;            /* transfers with a fetch, held or not */
     unsigned active_readahead;  /* of which for readahead */
     unsigned warm_up_left;      /* readahead that may use any connection */
     bool quiesced;              /* drained: hold what no read waits for */
