@@ -147,6 +147,9 @@
  */
 #define CURL_MAX_VALIDATOR          1024
 
+/* How much of a validator an error message shows, to stay readable */
+#define CURL_VALIDATOR_SHOWN        64
+
 /* How often the transfers are checked for progress, when 'timeout' is set */
 #define CURL_WATCHDOG_MS            500
 
@@ -1058,19 +1061,20 @@ static bool curl_transfer_check_pin(CURLTransfer *t)
     if (!v->seen) {
         return curl_transfer_fail(t, -EPROTO, "the answer has no %s, so it "
                                   "cannot be checked against the file "
-                                  "opened (%s %s)", name, name,
-                                  s->validator);
+                                  "opened (%s %.*s)", name, name,
+                                  CURL_VALIDATOR_SHOWN, s->validator);
     }
     if (v->bad) {
         return curl_transfer_fail(t, -ESTALE, "the remote file changed "
                                   "since it was opened (an invalid or "
-                                  "overlong %s, not %s)", name,
-                                  s->validator);
+                                  "overlong %s, not %.*s)", name,
+                                  CURL_VALIDATOR_SHOWN, s->validator);
     }
     if (strcmp(v->value, s->validator)) {
         return curl_transfer_fail(t, -ESTALE, "the remote file changed "
-                                  "since it was opened (%s %s, not %s)",
-                                  name, v->value, s->validator);
+                                  "since it was opened (%s %.*s, not %.*s)",
+                                  name, CURL_VALIDATOR_SHOWN, v->value,
+                                  CURL_VALIDATOR_SHOWN, s->validator);
     }
     return true;
 }
