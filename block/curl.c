@@ -17,6 +17,7 @@
 #include <curl/curl.h>
 #include "qapi/error.h"
 #include "qapi/qmp/qerror.h"
+#include "qapi/util.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/host-utils.h"
@@ -67,6 +68,8 @@
 #define CURL_OPT_HEADER_SECRET          "header-secret"
 #define CURL_OPT_RETRIES                "retries"
 #define CURL_OPT_TLS_CREDS              "tls-creds"
+#define CURL_OPT_TLS                    "tls"
+#define CURL_OPT_HTTP_VERSION           "http-version"
 
 /*
  * Defaults.  Sixteen transfers in flight keep a 40 ms, 125 MB/s link busy;
@@ -256,6 +259,8 @@ struct BDRVCURLState {
     unsigned connections;       /* most transfers at once */
     uint64_t readahead;         /* bytes fetched ahead of sequential reads */
     bool sslverify;
+    bool ftp_tls;               /* ftp:// with AUTH TLS ('tls') */
+    bool http2;                 /* 'http-version=http2' */
     char *tls_ca;               /* what 'tls-creds' trusts, or NULL */
     char *tls_crl;              /* and revokes */
     char *tls_cert;             /* the client certificate it presents */
@@ -722,14 +727,29 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     curl_setopt(easy, CURLOPT_PROTOCOLS, (long)CURL_PROTOCOLS, errp);
 #endif
     /*
-     * One transfer per connection, even where HTTP/2 is offered: links cap
-     * each connection's rate (CDNs do, per flow), and libcurl would
-     * multiplex every transfer over one or two of them.  Measured with a
-     * 40 ms, 10 MB/s per connection link, converting a qcow2 took ten
-     * times longer over HTTP/2.
+     * By default one transfer per connection, even where HTTP/2 is
+     * offered: links cap each connection's rate (CDNs do, per flow), and
+     * libcurl would multiplex every transfer over one or two of them.
+     * Measured with a 40 ms, 10 MB/s per connection link, converting a
+     * qcow2 took ten times longer over HTTP/2.  With 'http-version=http2',
+     * https negotiates HTTP/2 in the TLS handshake (HTTP/1.1 if the server
+     * does not offer it), and http speaks it from the start, as RFC 9113
+     * has it for cleartext; a new transfer waits for a connection that can
+     * take another stream rather than opening one.
      */
-    curl_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1,
-                errp);
+    if (s->http2) {
+        curl_setopt(easy, CURLOPT_HTTP_VERSION,
+                    g_str_has_prefix(s->url, "https://") ?
+                    (long)CURL_HTTP_VERSION_2TLS :
+                    (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE, errp);
+        curl_setopt(easy, CURLOPT_PIPEWAIT, 1L, errp);
+    } else {
+        curl_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1,
+                    errp);
+    }
+    if (s->ftp_tls) {
+        curl_setopt(easy, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL, errp);
+    }
     curl_setopt(easy, CURLOPT_SSL_VERIFYPEER, (long)s->sslverify, errp);
     curl_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L, errp);
     if (s->tls_ca) {
@@ -841,15 +861,69 @@ static int curl_errno(CURLcode code, long status)
     }
 }
 
-/* libcurl's message for a failed transfer, with the HTTP status if any */
-static void curl_describe(CURLcode code, long status, const char *errbuf,
-                          char *why, size_t size)
+/*
+ * The proxy that libcurl takes from the environment for @url, as messages
+ * show it (without its password), or NULL
+ */
+static char *curl_proxy_shown(const char *url)
 {
-    if (code == CURLE_HTTP_RETURNED_ERROR) {
-        snprintf(why, size, "the server answered HTTP %ld", status);
-    } else {
-        snprintf(why, size, "%s", *errbuf ? errbuf : curl_easy_strerror(code));
+    const char *scheme = g_uri_peek_scheme(url);
+    g_autofree char *lower = NULL;
+    g_autofree char *upper = NULL;
+    g_autofree char *full = NULL;
+    const char *value = NULL;
+
+    if (!scheme) {
+        return NULL;
     }
+    lower = g_strdup_printf("%s_proxy", scheme);
+    upper = g_ascii_strup(lower, -1);
+    /* (libcurl ignores HTTP_PROXY, which a CGI request could set) */
+    value = g_getenv(lower);
+    if (!value && strcmp(scheme, "http")) {
+        value = g_getenv(upper);
+    }
+    value = value ?: g_getenv("all_proxy") ?: g_getenv("ALL_PROXY");
+    if (!value || !*value) {
+        return NULL;
+    }
+    full = strstr(value, "://") ? g_strdup(value)
+                                : g_strdup_printf("http://%s", value);
+    return curl_url_shown(full);
+}
+
+/*
+ * -errno for a transfer of @easy to @url that failed with @code, and why
+ * in @why, with libcurl's own words.  A proxy that refuses to open a
+ * tunnel (to an https server) leaves no HTTP status: its answer to
+ * CONNECT is elsewhere.  Only a proxy answers 407.
+ */
+static int curl_failure(CURL *easy, const char *url, CURLcode code,
+                        long status, const char *errbuf, char *why,
+                        size_t size)
+{
+    const char *text = *errbuf ? errbuf : curl_easy_strerror(code);
+    g_autofree char *proxy = NULL;
+    long proxy_status = 0;
+
+    curl_easy_getinfo(easy, CURLINFO_HTTP_CONNECTCODE, &proxy_status);
+    if (proxy_status >= 300 ||
+        (code == CURLE_HTTP_RETURNED_ERROR && status == 407)) {
+        proxy = curl_proxy_shown(url);
+        snprintf(why, size, "the proxy%s%s answered HTTP %ld%s (%s)",
+                 proxy ? " " : "", proxy ?: "",
+                 proxy_status >= 300 ? proxy_status : status,
+                 proxy_status >= 300 ? " to CONNECT" : "", text);
+        return curl_status_errno(proxy_status >= 300 ? proxy_status
+                                                     : status);
+    }
+    if (code == CURLE_HTTP_RETURNED_ERROR) {
+        snprintf(why, size, "the server answered HTTP %ld (%s)", status,
+                 text);
+    } else {
+        snprintf(why, size, "%s", text);
+    }
+    return curl_errno(code, status);
 }
 
 /* Fail @t with @ret, for the reason the format says */
@@ -1419,8 +1493,8 @@ static int curl_transfer_result_locked(CURLTransfer *t, CURLcode result,
         result = CURLE_OK;              /* we stopped it where it ends */
     }
     if (result != CURLE_OK) {
-        curl_describe(result, status, t->errbuf, t->why, sizeof(t->why));
-        return curl_errno(result, status);
+        return curl_failure(t->easy, t->target ?: t->s->url, result, status,
+                            t->errbuf, t->why, sizeof(t->why));
     }
     if (fetch->pos != fetch->end) {
         curl_transfer_fail(t, -ECONNRESET, "the transfer ended after %"
@@ -2138,6 +2212,18 @@ static QemuOptsList runtime_opts = {
                     "is trusted and whose client certificate is presented",
         },
         {
+            .name = CURL_OPT_TLS,
+            .type = QEMU_OPT_BOOL,
+            .help = "ftp only: protect the connections with TLS (AUTH TLS, "
+                    "explicit FTPS) (default: off, on with tls-creds)",
+        },
+        {
+            .name = CURL_OPT_HTTP_VERSION,
+            .type = QEMU_OPT_STRING,
+            .help = "http and https: http1 (one transfer per connection) or "
+                    "http2 (streams over one connection) (default: http1)",
+        },
+        {
             .name = CURL_OPT_RETRIES,
             .type = QEMU_OPT_NUMBER,
             .help = "How often in a row to ask again for a transfer that "
@@ -2270,6 +2356,77 @@ static bool curl_tls_file(const char *id, const char *dir, const char *name,
 }
 
 /*
+ * FTP over TLS as servers offer it today, "explicit" FTPS (RFC 4217): the
+ * client asks for TLS with AUTH TLS on the FTP port, for the control and
+ * the data connections, and gives up if the server does not offer it.
+ * 'tls' asks for it, and so does 'tls-creds', which turns TLS on for NBD
+ * too.  ftps:// is the older "implicit" kind, TLS from the first byte.
+ */
+static bool curl_parse_ftp_tls(BDRVCURLState *s, QemuOpts *opts,
+                               Error **errp)
+{
+    bool ftp = g_str_has_prefix(s->url, "ftp://");
+    bool creds = qemu_opt_get(opts, CURL_OPT_TLS_CREDS) != NULL;
+
+    if (qemu_opt_get(opts, CURL_OPT_TLS) && !ftp) {
+        error_setg(errp, "'%s' is for ftp only: https and ftps always use "
+                   "TLS", CURL_OPT_TLS);
+        return false;
+    }
+    s->ftp_tls = ftp && qemu_opt_get_bool(opts, CURL_OPT_TLS, creds);
+    if (ftp && creds && !s->ftp_tls) {
+        error_setg(errp, "'%s' and '%s=off' cannot be used together",
+                   CURL_OPT_TLS_CREDS, CURL_OPT_TLS);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * HTTP/1.1 runs one transfer per connection, HTTP/2 multiplexes them over
+ * one; which is faster depends on the link (see curl_setup_easy()).
+ */
+static bool curl_parse_http_version(BDRVCURLState *s, QemuOpts *opts,
+                                    Error **errp)
+{
+    const char *value = qemu_opt_get(opts, CURL_OPT_HTTP_VERSION);
+    curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
+    int version;
+
+    if (!value) {
+        return true;
+    }
+    if (!g_str_has_prefix(s->url, "http://") &&
+        !g_str_has_prefix(s->url, "https://")) {
+        error_setg(errp, "'%s' is for http and https only",
+                   CURL_OPT_HTTP_VERSION);
+        return false;
+    }
+    version = qapi_enum_parse(&BlockdevCurlHttpVersion_lookup, value, -1,
+                              NULL);
+    if (version < 0) {
+        return curl_bad_value(opts, CURL_OPT_HTTP_VERSION, errp,
+                              "http-version must be http1 or http2");
+    }
+    s->http2 = version == BLOCKDEV_CURL_HTTP_VERSION_HTTP2;
+    if (s->http2 && !(info->features & CURL_VERSION_HTTP2)) {
+        error_setg(errp, "%s=http2: libcurl %s was built without HTTP/2",
+                   CURL_OPT_HTTP_VERSION, info->version);
+        return false;
+    }
+    /* Fixed in 8.0.0: curl's pull request 10643 */
+    if (s->http2 && g_str_has_prefix(s->url, "http://") &&
+        info->version_num < 0x080000) {
+        error_setg(errp, "%s=http2 over http:// needs libcurl 8.0 or later: "
+                   "libcurl %s fails the second request of a connection "
+                   "that starts in HTTP/2", CURL_OPT_HTTP_VERSION,
+                   info->version);
+        return false;
+    }
+    return true;
+}
+
+/*
  * TLS as NBD and migration do it: a tls-creds-x509 object for a client
  * endpoint, with its directory of ca-cert.pem, and client-cert.pem and
  * client-key.pem if the server asks who we are
@@ -2286,9 +2443,8 @@ static bool curl_parse_tls_creds(BDRVCURLState *s, QemuOpts *opts,
     if (!id) {
         return true;
     }
-    if (!g_str_has_prefix(s->url, "https://") &&
-        !g_str_has_prefix(s->url, "ftps://")) {
-        error_setg(errp, "'%s' is for https and ftps only",
+    if (g_str_has_prefix(s->url, "http://")) {
+        error_setg(errp, "'%s' is for https, ftps and ftp only",
                    CURL_OPT_TLS_CREDS);
         return false;
     }
@@ -2453,7 +2609,9 @@ static bool curl_parse_options(BlockDriverState *bs, BDRVCURLState *s,
         goto out;
     }
     s->sslverify = qemu_opt_get_bool(opts, CURL_OPT_SSLVERIFY, true);
-    if (!curl_parse_tls_creds(s, opts, errp)) {
+    if (!curl_parse_ftp_tls(s, opts, errp) ||
+        !curl_parse_tls_creds(s, opts, errp) ||
+        !curl_parse_http_version(s, opts, errp)) {
         goto out;
     }
 
@@ -2549,6 +2707,7 @@ static bool curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h,
 typedef struct CURLProbe {
     CURLHeaders headers;
     bool range_get;             /* asking for the first byte */
+    bool stopped;               /* by us, when more than it came */
     char *where;                /* where url redirected, or NULL */
     unsigned hops;              /* in so many redirects */
     uint64_t body;              /* body bytes the server sent */
@@ -2572,7 +2731,8 @@ static size_t curl_probe_write_cb(char *ptr, size_t size, size_t nmemb,
         return size * nmemb;
     }
     p->body += size * nmemb;
-    return p->range_get && p->body > 1 ? 0 : size * nmemb;
+    p->stopped = p->range_get && p->body > 1;
+    return p->stopped ? 0 : size * nmemb;
 }
 
 /*
@@ -2589,6 +2749,7 @@ static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
 
     for (;;) {
         p->body = 0;
+        p->stopped = false;
         p->errbuf[0] = '\0';
         p->status = 0;
         left_ms = p->deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
@@ -2607,11 +2768,12 @@ static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
                        "opening may take", what, CURL_PROBE_TIMEOUT_S);
             return -ETIMEDOUT;
         }
-        if (p->code != CURLE_OK &&
-            !(p->range_get && p->code == CURLE_WRITE_ERROR)) {
-            curl_describe(p->code, p->status, p->errbuf, why, sizeof(why));
+        /* (over HTTP/2, a stop by us may be a CURLE_HTTP2 error) */
+        if (p->code != CURLE_OK && !p->stopped) {
+            ret = curl_failure(easy, p->where ?: s->url, p->code, p->status,
+                               p->errbuf, why, sizeof(why));
             error_setg(errp, "%s", why);
-            return curl_errno(p->code, p->status);
+            return ret;
         }
         if (!p->headers.http || !curl_is_redirect(p->status)) {
             return 0;    /* (FTP replies have 3yz codes of their own) */
@@ -2696,6 +2858,54 @@ static int64_t curl_probe_length(CURL *easy, CURLProbe *p)
     return len <= BDRV_MAX_LENGTH ? len : -1;
 }
 
+/*
+ * A server that speaks only HTTP/2 drops a connection that starts in
+ * HTTP/1.1, with no answer or with frames where one was due: if a HEAD
+ * in HTTP/2 gets an answer, the error says that rather than what HTTP/1.1
+ * got.
+ */
+static void curl_probe_http2_only(BDRVCURLState *s, CURL *easy,
+                                  CURLProbe *p, Error **errp)
+{
+    const char *url = p->where ?: s->url;
+    bool https = g_str_has_prefix(url, "https://");
+    int64_t left_ms = p->deadline_ms -
+                      qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    long version = 0;
+    CURLcode code;
+
+    if (s->http2 || (!https && !g_str_has_prefix(url, "http://")) ||
+        left_ms <= 0 ||
+        (p->code != CURLE_GOT_NOTHING && p->code != CURLE_RECV_ERROR &&
+         p->code != CURLE_WEIRD_SERVER_REPLY &&
+         p->code != CURLE_UNSUPPORTED_PROTOCOL &&
+         p->code != CURLE_SSL_CONNECT_ERROR)) {
+        return;
+    }
+    if (curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, https ?
+                         (long)CURL_HTTP_VERSION_2TLS :
+                         (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE) ||
+        curl_easy_setopt(easy, CURLOPT_NOBODY, 1L) ||
+        curl_easy_setopt(easy, CURLOPT_RANGE, NULL) ||
+        curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)left_ms)) {
+        return;
+    }
+    p->range_get = false;
+    code = curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+    trace_curl_probe_perform(s, "HEAD in HTTP/2", code, 0, false);
+    if ((code == CURLE_OK || code == CURLE_HTTP_RETURNED_ERROR) &&
+        version == CURL_HTTP_VERSION_2_0) {
+        g_autofree char *why = g_strdup(error_get_pretty(*errp));
+
+        error_free(*errp);
+        *errp = NULL;
+        error_setg(errp, "the server speaks only HTTP/2: it answered "
+                   "HTTP/1.1 with '%s'; use %s=http2", why,
+                   CURL_OPT_HTTP_VERSION);
+    }
+}
+
 /* What the remote file's length is, and that we can read ranges of it */
 static int curl_probe(BDRVCURLState *s, Error **errp)
 {
@@ -2742,6 +2952,7 @@ static int curl_probe(BDRVCURLState *s, Error **errp)
         s->remote_len = len;
     }
     if (ret < 0) {
+        curl_probe_http2_only(s, easy, p, errp);
         goto out;
     }
 
