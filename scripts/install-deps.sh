@@ -14,8 +14,15 @@ BUILD_PKGS="build-essential ninja-build pkg-config dpkg-dev debian-archive-keyri
  libaio-dev libpixman-1-dev libfdt-dev xz-utils ca-certificates
  gcc-multilib seabios e2fsprogs"
 # The test harness: nginx over HTTPS, FTP servers (pyftpdlib, and vsftpd, the
-# one most Linux hosts run), certificates.
-TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux vsftpd"
+# one most Linux hosts run), certificates; the real servers of
+# tests/e2e/servers.py: Apache (apache2-bin: the server and its modules,
+# without Debian's service), lighttpd with TLS, Varnish, Squid.  The tests
+# start their own instances: the packages' services are neither started nor
+# needed (see SERVICES below).
+TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux vsftpd
+ apache2-bin lighttpd lighttpd-mod-openssl varnish squid"
+# Packages whose postinst would start a system service
+SERVICES="nginx-light:nginx vsftpd:vsftpd lighttpd:lighttpd varnish:varnish squid:squid"
 # The benchmark: reference downloaders and the plot.
 BENCH_PKGS="aria2 gnuplot-nox time autoconf automake libtool libgnutls28-dev"
 
@@ -47,5 +54,28 @@ fi
 echo "installing Debian packages:$missing"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq || true
+# invoke-rc.d starts no service while a policy-rc.d says 101 ("action
+# forbidden"): the tests run their own servers on free ports, and a system
+# service would only take port 80, 21 or 3128.  An existing policy-rc.d
+# (a container's) is left as it is.
+policy=/usr/sbin/policy-rc.d
+own_policy=
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# scripts/install-deps.sh: start no service\nexit 101\n' |
+        $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    own_policy=1
+fi
+status=0
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing
+$SUDO apt-get install -y -qq --no-install-recommends $missing || status=$?
+[ -z "$own_policy" ] || $SUDO rm -f "$policy"
+[ "$status" -eq 0 ] || exit "$status"
+# Nor do they start at the next boot, where systemd runs
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    for entry in $SERVICES; do
+        case " $missing " in
+        *" ${entry%%:*} "*) $SUDO systemctl disable --now "${entry#*:}" >/dev/null 2>&1 || true ;;
+        esac
+    done
+fi
