@@ -2,9 +2,12 @@
 #
 #   make            build the patched and the stock QEMU binaries
 #   make convert    setup, then the main job (see README.rst)
-#   make check      setup, then every test
+#   make check      setup, then every test, and the e2e tests again
+#                   against the patched binaries linked to libcurl 8
+#                   (in $(BUILD)/qemu-curl8)
 #   make check-asan setup, then every test against the patched binaries
 #                   built with ASan and UBSan (in $(BUILD)/qemu-asan)
+#   make check-curl8 setup, then only those libcurl 8 tests
 #   make bench      setup, then the benchmark (not part of check)
 #
 # ./configure writes config.mk; without it the defaults apply.
@@ -24,7 +27,8 @@ ifneq ($(CACHE),)
 export CACHE
 endif
 
-.PHONY: all build build-asan deps deps-test deps-bench convert check check-asan \
+.PHONY: all build build-asan build-curl8 deps deps-test deps-bench convert check \
+	check-asan check-curl8 \
 	series bench clean distclean
 
 all: build
@@ -44,7 +48,7 @@ convert: deps-test
 	@scripts/convert.sh $(if $(URL),--url '$(URL)') $(if $(OPTS),--opts '$(OPTS)') $(ARGS)
 
 check: deps-test
-	@scripts/build.sh
+	@scripts/build.sh --curl8
 	@scripts/check.sh $(ARGS)
 
 build-asan: deps
@@ -53,6 +57,13 @@ build-asan: deps
 check-asan: deps-test
 	@scripts/build.sh --asan
 	@scripts/check-asan.sh $(ARGS)
+
+build-curl8: deps-test
+	@scripts/build.sh --curl8
+
+check-curl8: deps-test
+	@scripts/build.sh --curl8
+	@scripts/check-curl8.sh $(ARGS)
 
 series: deps
 	@scripts/build.sh

@@ -5,7 +5,7 @@
 # comparison, the firmware that boots a guest with -kernel, and the test
 # guest (scripts/build-guest.py).
 #
-#   scripts/build.sh [--asan]
+#   scripts/build.sh [--asan] [--curl8 | --curl8-only]
 #
 # --asan also builds the patched binaries and the unit tests with
 # AddressSanitizer and UndefinedBehaviorSanitizer in $BUILD/qemu-asan, from
@@ -13,6 +13,14 @@
 # (QCURL_BUILD) whose patched binaries are those, the rest (the stock
 # binaries, the guest, the firmware, the tree) the ones of $BUILD.  See
 # scripts/check-asan.sh.
+#
+# --curl8 also builds the patched qemu-img, qemu-io, qemu-nbd,
+# qemu-storage-daemon and qemu-system-x86_64 against libcurl 8 (Debian 13's,
+# built by scripts/build-libcurl8.sh into a private prefix) in
+# $BUILD/qemu-curl8, and makes $BUILD/curl8, the tests' build folder for
+# them (see build_curl8 below and scripts/check-curl8.sh).  --curl8-only
+# builds that part alone (the overlay, then $BUILD/qemu-curl8), for a
+# machine where $BUILD is built already.
 #
 # Environment: QEMU_SRC (a QEMU tree to use as the base instead of Debian
 # 13's source package), CACHE, BUILD (default: build), JOBS.
@@ -30,10 +38,13 @@ say() { echo "build: $*"; }
 die() { echo "build: error: $*" >&2; exit 1; }
 
 asan=
+curl8=
 for arg in "$@"; do
     case "$arg" in
     --asan) asan=1 ;;
-    *) die "unknown argument '$arg' (usage: $0 [--asan])" ;;
+    --curl8) curl8=1 ;;
+    --curl8-only) curl8=only ;;
+    *) die "unknown argument '$arg' (usage: $0 [--asan] [--curl8 | --curl8-only])" ;;
     esac
 done
 
@@ -148,6 +159,50 @@ configure_tree() {
     echo "$want" > "$2/.series-configured"
 }
 
+# ---- libcurl 8 (--curl8): a part of its own, run at the end ----
+# The patched binaries, from the same tree and options, linked against
+# libcurl 8 from the prefix of scripts/build-libcurl8.sh, with that prefix
+# in their rpath so that they load it at run time.  pkg-config finds it
+# first through PKG_CONFIG_PATH, which configure_tree's key then names (a
+# new libcurl is a new prefix, and reconfigures).  $BUILD/curl8 is the
+# build folder for the tests, as $BUILD/asan: these binaries, and the rest
+# (stock binaries, guest, firmware, tree) those of $BUILD.
+CURL8_TARGETS="qemu-img qemu-io qemu-nbd storage-daemon/qemu-storage-daemon
+ qemu-system-x86_64"
+build_curl8() {
+    prefix=$("$top/scripts/build-libcurl8.sh") || die "could not build libcurl 8"
+    (
+        export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+        configure_tree "$BUILD/src" "$BUILD/qemu-curl8" \
+            "$SYSTEM_OPTS --extra-ldflags=-Wl,-rpath,$prefix/lib"
+        say "building the patched QEMU against libcurl 8 in $BUILD/qemu-curl8"
+        # shellcheck disable=SC2086
+        ninja -C "$BUILD/qemu-curl8" -j "$JOBS" $CURL8_TARGETS ||
+            die "build of the patched QEMU against libcurl 8 failed"
+    ) || exit 1
+    view=$BUILD/curl8
+    mkdir -p "$view"
+    for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do
+        ln -sfn "../qemu-curl8/$b" "$view/$b"
+    done
+    ln -sfn ../qemu-curl8/storage-daemon/qemu-storage-daemon "$view/qemu-storage-daemon"
+    ln -sfn ../qemu-curl8 "$view/qemu"
+    for d in src stock guest firmware base-version; do
+        ln -sfn "../$d" "$view/$d"
+    done
+    # Each binary must load the prefix's libcurl, and that one be 8.x.
+    for b in qemu-img qemu-io qemu-nbd qemu-storage-daemon qemu-system-x86_64; do
+        v=$("$PY" "$top/scripts/libcurl-of.py" --expect "$prefix/lib" --major 8 "$view/$b") ||
+            die "$view/$b does not use the libcurl 8 of $prefix"
+    done
+    say "done: $view/qemu-img (patched, $v)"
+}
+if [ "$curl8" = only ]; then
+    build_curl8
+    exit 0
+fi
+# ---- end of the libcurl 8 part ----
+
 configure_tree "$BUILD/src" "$BUILD/qemu" "$SYSTEM_OPTS"
 configure_tree "$stock_src" "$BUILD/stock" "$SYSTEM_OPTS"
 
@@ -215,4 +270,5 @@ if [ -n "$asan" ]; then
     done
     say "done: $view/qemu-img (patched, ASan and UBSan)"
 fi
+[ -z "$curl8" ] || build_curl8  # the libcurl 8 part, above
 say "done: $BUILD/qemu-img (patched), $BUILD/stock/qemu-img (stock), $BUILD/guest"

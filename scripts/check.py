@@ -11,9 +11,12 @@ tests/unit (glib, TAP output), the overlay as a patch series
 (scripts/series.py --bisect: git am, checkpatch, a build and the unit
 tests after every patch; not under the sanitizers), the qemu-iotests in
 tests/qemu-iotests/tests (through the base tree's check script), and the
-end-to-end tests of the real binaries (tests/e2e).  Every layer prints its
-runner's own summary, then what this script made of it: passed, failed
-and skipped.  The last line is "N passed, N failed".
+end-to-end tests of the real binaries (tests/e2e), and those tests again,
+a subset of them (CURL8_E2E), against the patched binaries linked to
+libcurl 8 (the curl8 layer: <build>/curl8, made by scripts/build.sh
+--curl8).  Every layer prints its runner's own summary, then what this
+script made of it: passed, failed and skipped.  The last line is "N
+passed, N failed".
 
 The count cannot be fooled by a test that does not run.  A skip (a
 skipped unittest, an expected failure, a TAP SKIP or TODO, an iotest that
@@ -46,7 +49,20 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 TOP = Path(__file__).resolve().parents[1]
 PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
-LAYERS = ('harness', 'unit', 'series', 'iotests', 'e2e')
+LAYERS = ('harness', 'unit', 'series', 'iotests', 'e2e', 'curl8')
+# The e2e test modules that the curl8 layer runs
+# against the binaries linked to libcurl 8: every protocol (http, https,
+# ftp, ftps, TLS with tls-creds), redirects, credentials, the fault
+# matrix, the drains, the fuzzer and the guest boot.  Left out: the grid
+# of driver options, which test_driver_* cover but that repeats the same
+# transfers 84 times (README.rst, "libcurl 8").
+CURL8_E2E = ('test_libcurl', 'test_convert', 'test_drain',
+             'test_driver_offset', 'test_driver_qemu', 'test_driver_random',
+             'test_driver_traffic', 'test_errors', 'test_fault_matrix',
+             'test_ftp', 'test_fuzz', 'test_guest', 'test_http_credentials',
+             'test_info', 'test_lifecycle', 'test_main_job', 'test_qemu_io',
+             'test_redirect_credentials', 'test_storage_daemon',
+             'test_system', 'test_tls_creds', 'test_vsftpd')
 SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
 REPORT_LINES = 150              # printed of each sanitizer report
 
@@ -197,14 +213,20 @@ def load_expected_skips(text: str) -> Tuple[Dict[str, str], List[str]]:
 
 
 def run(cmd: List[str], cwd: Path = TOP, timeout: int = 3600,
-        echo: bool = True) -> Tuple[int, str]:
-    """Run a command, echoing its output, and return (exit code, output)."""
+        echo: bool = True,
+        env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+    """Run a command, echoing its output, and return (exit code, output).
+
+    @env, if given, is added to this process's environment.
+    """
     if echo:
         print('$ ' + ' '.join(cmd), flush=True)
     lines = []
     with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True,
-                          errors='replace') as proc:
+                          errors='replace',
+                          env=dict(os.environ, **env) if env else None
+                          ) as proc:
         assert proc.stdout is not None
         start = time.monotonic()
         for line in proc.stdout:
@@ -502,9 +524,10 @@ E2E_SUMMARY = re.compile(r'^e2e: (\d+) passed, (\d+) failed, (\d+) skipped$',
                          re.M)
 
 
-def parse_e2e(out: str, code: int, expected_ids: Sequence[str]) -> LayerResult:
+def parse_e2e(out: str, code: int, expected_ids: Sequence[str],
+              layer: str = 'e2e') -> LayerResult:
     """Read the output of tests/e2e/run: its summary and SKIPPED lines."""
-    result = LayerResult('e2e', expected=len(expected_ids))
+    result = LayerResult(layer, expected=len(expected_ids))
     summary = E2E_SUMMARY.findall(out)
     if not summary:
         result.problems.append('tests/e2e/run printed no summary')
@@ -532,6 +555,32 @@ def layer_e2e() -> LayerResult:
         print(out, end='')
     code, out = run([runner])
     result = parse_e2e(out, code, expected_ids)
+    if error:
+        result.problems.append(error)
+    return result
+
+
+def layer_curl8(build: Path) -> LayerResult:
+    """The e2e tests of CURL8_E2E against the binaries linked to libcurl 8.
+
+    Their build folder is <build>/curl8 (scripts/build.sh --curl8), and
+    test_libcurl checks there that they load libcurl 8.x.
+    """
+    runner = str(TOP / 'tests' / 'e2e' / 'run')
+    view = build / 'curl8'
+    if not (view / 'qemu-img').exists():
+        result = LayerResult('curl8', expected=1)
+        result.problems.append(f'{view}/qemu-img missing: run make check '
+                               '(or scripts/build.sh --curl8)')
+        return result
+    env = {'QCURL_BUILD': str(view), 'QCURL_LIBCURL_MAJOR': '8'}
+    select = [arg for module in CURL8_E2E for arg in ('-k', f'{module}.*')]
+    code, out = run([runner, '--list'] + select, echo=False, env=env)
+    expected_ids, error = parse_test_ids(out, code, 'curl8')
+    if error:
+        print(out, end='')
+    code, out = run([runner] + select, env=env)
+    result = parse_e2e(out, code, expected_ids, layer='curl8')
     if error:
         result.problems.append(error)
     return result
@@ -714,10 +763,11 @@ def main() -> int:
     args = parser.parse_args()
     build = Path(os.environ.get('QCURL_BUILD', TOP / 'build'))
     logs_env = os.environ.get(SANITIZER_LOGS)
-    # The series builds its own tree, without the sanitizers: under them,
-    # it would only test again what make check tested
+    # The series builds its own tree, without the sanitizers, and the
+    # curl8 layer uses binaries built without them: under them, both would
+    # only test again what make check tested
     layers = args.only or [layer for layer in LAYERS
-                           if not (logs_env and layer == 'series')]
+                           if not (logs_env and layer in ('series', 'curl8'))]
     try:
         entries, errors = load_expected_skips(EXPECTED_SKIPS.read_text())
     except OSError as err:
@@ -746,6 +796,8 @@ def main() -> int:
             result = layer_series(build)
         elif layer == 'iotests':
             result = layer_iotests(build)
+        elif layer == 'curl8':
+            result = layer_curl8(build)
         else:
             result = layer_e2e()
         result.seconds = time.monotonic() - start

@@ -23,14 +23,19 @@ TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux
  apache2-bin lighttpd lighttpd-mod-openssl varnish squid"
 # Packages whose postinst would start a system service
 SERVICES="nginx-light:nginx vsftpd:vsftpd lighttpd:lighttpd varnish:varnish squid:squid"
+# libcurl 8 from Debian 13's source (scripts/build-libcurl8.sh), which
+# make check also tests: OpenSSL, nghttp2 and libpsl headers, and the
+# autotools to regenerate its build system after Debian's patches.
+CURL8_PKGS="libssl-dev libnghttp2-dev libpsl-dev autoconf automake libtool"
 # The benchmark: reference downloaders and the plot.
 BENCH_PKGS="aria2 gnuplot-nox time autoconf automake libtool libgnutls28-dev"
 
 case "${1:-test}" in
 build) pkgs=$BUILD_PKGS ;;
-test) pkgs="$BUILD_PKGS $TEST_PKGS" ;;
-bench) pkgs="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
-*) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+curl8) pkgs="$BUILD_PKGS $CURL8_PKGS" ;;
+test) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS" ;;
+bench) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS $BENCH_PKGS" ;;
+*) echo "usage: $0 [build|curl8|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=

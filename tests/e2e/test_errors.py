@@ -22,6 +22,10 @@ import fixtures
 from e2e_case import ERROR_TIMEOUT, E2ETestCase
 from fixtures import ImageSet, Nginx, RangeServer
 
+# libcurl's words for CURLE_COULDNT_CONNECT: 7.x, then 8.x
+COULD_NOT_CONNECT = ("Couldn't connect to server",
+                     'Could not connect to server')
+
 
 class ErrorTest(E2ETestCase):
     """Failures must be clean, quick and explained."""
@@ -136,7 +140,9 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_img('info', '-f', 'raw', url,
                                timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, "Couldn't connect to server")
+        self.assertOutputMentions(
+            result, f'Failed to connect to {fixtures.HOST} port {port}')
+        self.assertOutputMentions(result, *COULD_NOT_CONNECT)
 
     def test_connection_refused_https(self) -> None:
         """Nobody listens on the port, over https with qemu-io."""
@@ -145,7 +151,9 @@ class ErrorTest(E2ETestCase):
         result = self.qemu_io('-r', '-f', 'raw', '-c', 'read 0 512', url,
                               timeout=ERROR_TIMEOUT)
         self.assertFailedCleanly(result)
-        self.assertOutputMentions(result, "Couldn't connect to server")
+        self.assertOutputMentions(
+            result, f'Failed to connect to {fixtures.HOST} port {port}')
+        self.assertOutputMentions(result, *COULD_NOT_CONNECT)
 
 
 if __name__ == '__main__':

@@ -45,9 +45,14 @@ class MainJobTest(NginxImagesCase):
 
     def test_unreachable_host(self) -> None:
         """Nothing listens at the URL's port."""
-        result = self.convert('--url', f'https://127.0.0.1:{closed_port()}/'
+        port = closed_port()
+        result = self.convert('--url', f'https://127.0.0.1:{port}/'
                               'disk.qcow2')
-        self.assertRefused(result, "Couldn't connect to server")
+        self.assertRefused(result, f'Failed to connect to 127.0.0.1 port '
+                           f'{port}')
+        # libcurl 7.x says "Couldn't", 8.x "Could not"
+        self.assertOutputMentions(result, "Couldn't connect to server",
+                                  'Could not connect to server')
 
     def test_not_found(self) -> None:
         """nginx answers 404."""
