@@ -267,14 +267,32 @@ class WebServer(Daemon):
             return ''
         return _tail(self.dir / 'access.log', 1 << 24)
 
+    def settled_log(self, quiet: float = 0.2, timeout: float = 10.0) -> str:
+        """The access log once it has not grown for @quiet seconds: a
+        server logs a request after its answer, which its client may have
+        read already."""
+        deadline = time.monotonic() + timeout
+        log = self.access_log()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self.access_log()
+            if again == log:
+                break
+            log = again
+        return log
+
 
 class Apache(WebServer):
     """Debian's Apache 2.4 (event MPM) serving @root.
 
     HTTPS with mod_ssl; with @http2, mod_http2 offers h2 by ALPN on the
     HTTPS port (``Protocols h2 http/1.1``), else only HTTP/1.1 is
-    offered.  Files get Apache's default strong ETag (FileETag MTime
-    Size) and Last-Modified.  Started as root, Apache serves as www-data:
+    offered.  Files get Apache's default ETag (FileETag MTime Size:
+    weak in the second the file was modified, strong after) and
+    Last-Modified; without @etags, no ETag (``FileETag None``).  Apache
+    2.4 takes an If-Range date only if the file is at least 60 s older
+    than the answer (ap_condition_if_range()); for a newer file it sends
+    all of it, with 200.  Started as root, Apache serves as www-data:
     @root must be readable by all (see :func:`open_to_all`).  The access
     log has one line per request: protocol, status, Range and the ETag
     sent.
@@ -285,9 +303,10 @@ class Apache(WebServer):
     package = 'apache2'
 
     def __init__(self, root: Union[str, Path], cert: CertPair,
-                 http2: bool = False) -> None:
+                 http2: bool = False, etags: bool = True) -> None:
         super().__init__(root, cert)
         self.http2 = http2
+        self.etags = etags
 
     def _command(self) -> List[str]:
         assert self.dir is not None
@@ -330,6 +349,7 @@ Listen {HOST}:{self.http_port}
 KeepAlive On
 MaxKeepAliveRequests 0
 KeepAliveTimeout 120
+FileETag {'MTime Size' if self.etags else 'None'}
 TypesConfig /dev/null
 AddType application/octet-stream .raw .qcow2 .tar
 DocumentRoot {self.root}
@@ -353,14 +373,19 @@ SSLSessionCache shmcb:{d}/ssl_scache(512000)
 class Lighttpd(WebServer):
     """Debian's lighttpd serving @root over HTTPS (mod_openssl) and HTTP.
 
-    ETags are on (``static-file.etags``, lighttpd's default).  It runs as
-    whoever starts it; started as root it stays root, as lighttpd does
-    without ``server.username``.
+    ETags are on (``static-file.etags``, lighttpd's default), or off
+    without @etags.  It runs as whoever starts it; started as root it
+    stays root, as lighttpd does without ``server.username``.
     """
 
     name = 'lighttpd'
     binary = LIGHTTPD
     package = 'lighttpd'
+
+    def __init__(self, root: Union[str, Path], cert: CertPair,
+                 etags: bool = True) -> None:
+        super().__init__(root, cert)
+        self.etags = etags
 
     def _command(self) -> List[str]:
         assert self.dir is not None
@@ -389,7 +414,7 @@ server.max-keep-alive-idle = 120
 accesslog.filename = "{d}/access.log"
 accesslog.format = "%H %>s %r \\"%{{Range}}i\\" %b"
 mimetype.assign = ("" => "application/octet-stream")
-static-file.etags = "enable"
+static-file.etags = "{'enable' if self.etags else 'disable'}"
 $SERVER["socket"] == "{HOST}:{self.https_port}" {{
     ssl.engine = "enable"
     ssl.pemfile = "{self.cert.cert}"

@@ -29,6 +29,14 @@
 #   whole file (200) while the file is that new (RFC 9110 13.1.5: a date
 #   validator is weak unless at least a second before the answer's
 #   Date).  The convert must still give the file's bytes.
+# * ApacheNoEtagTest, LighttpdNoEtagTest: servers that send no ETag
+#   (FileETag None; static-file.etags disabled): the driver pins the files
+#   by Last-Modified and sends it as If-Range.  Apache 2.4 takes an
+#   If-Range date only for a file at least 60 s older than its answer
+#   (ap_condition_if_range()) and answers 200 with the whole file
+#   otherwise: the day-old images get 206 answers (checked in Apache's
+#   log), and test_recent_file converts a file modified 10 s before,
+#   which must give its bytes too.
 # * VarnishTest: each of the cases through Varnish in front of Apache;
 #   the backend served the files whole (Varnish asks it for no range).
 # * SquidHttpTest, SquidHttpsTest: every request went through the proxy
@@ -42,6 +50,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 import unittest
 from pathlib import Path
@@ -174,6 +184,84 @@ class ApacheFreshFileTest(E2ETestCase):
                              f'Apache logged\n'
                              f'{self.apache.access_log()[-2000:]}')
         self.assertFileHasImageData(out, source)
+
+
+class RecentFileCases(server_cases.HttpServerCases):
+    """Base of the servers whose files have no ETag: the driver pins them
+    by Last-Modified, and sends that date as If-Range."""
+
+    def check_recent_file(self, age: float) -> None:
+        """A file modified @age seconds before the convert gives its
+        bytes."""
+        source = self.images.raw
+        name = f'recent-{type(self).__name__}.raw'
+        path = self.images.directory / name
+        shutil.copyfile(source.path, path)
+        self.addCleanup(path.unlink)
+        path.chmod(0o644)
+        mtime = time.time() - age
+        os.utime(path, (mtime, mtime))
+        out = self.tmp / 'out.raw'
+        result = self.convert(self.spec(name, 'raw'), out)
+        self.assertSucceeded(result, f'convert of a file modified {age} s '
+                             'before')
+        self.assertFileHasImageData(out, source)
+
+
+class ApacheNoEtagTest(RecentFileCases):
+    """Apache over HTTPS without ETags (FileETag None): the files are
+    pinned by Last-Modified."""
+
+    apache: ClassVar[Apache]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.apache = cls.start_server(Apache(cls.images.directory,
+                                             test_ca_cert(cls.ca_dir),
+                                             etags=False))
+
+    def file_options(self, name: str) -> Dict[str, Any]:
+        return {'driver': 'https', 'url': self.apache.url(name)}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log_start = len(self.apache.settled_log())
+
+    def after_each(self) -> None:
+        """Apache answered every GET of this case with 206: it took the
+        If-Range date (the files are a day old)."""
+        log = self.apache.settled_log()[self.log_start:]
+        gets = [line.split()[1] for line in log.splitlines()
+                if ' GET ' in line]
+        self.assertTrue(gets, 'Apache logged no GET')
+        self.assertEqual(set(gets), {'206'})
+
+    def test_recent_file(self) -> None:
+        """A file modified 10 s before the open (Apache answers an
+        If-Range date of a file younger than 60 s with all of it)."""
+        self.check_recent_file(10)
+
+
+class LighttpdNoEtagTest(RecentFileCases):
+    """lighttpd over HTTP without ETags (static-file.etags disabled):
+    the files are pinned by Last-Modified."""
+
+    lighttpd: ClassVar[Lighttpd]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.lighttpd = cls.start_server(Lighttpd(cls.images.directory,
+                                                 test_ca_cert(cls.ca_dir),
+                                                 etags=False))
+
+    def file_options(self, name: str) -> Dict[str, Any]:
+        return {'driver': 'http', 'url': self.lighttpd.url(name, 'http')}
+
+    def test_recent_file(self) -> None:
+        """A file modified 10 s before the open."""
+        self.check_recent_file(10)
 
 
 class LighttpdHttpTest(server_cases.HttpServerCases):
