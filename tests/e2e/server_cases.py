@@ -17,8 +17,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
+import time
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 import fixtures
@@ -231,6 +234,28 @@ class HttpServerCases(ServerCases):
                              'the 206\'s Last-Modified')
         self.assertTrue(etag or 'last-modified' in head,
                         f'no validator at all: {head}')
+
+
+class RecentFileCases(HttpServerCases):
+    """Base of the servers whose files have no ETag: the driver pins them
+    by Last-Modified, and sends that date as If-Range."""
+
+    def check_recent_file(self, age: float) -> None:
+        """A file modified @age seconds before the convert gives its
+        bytes."""
+        source = self.images.raw
+        name = f'recent-{type(self).__name__}.raw'
+        path = self.images.directory / name
+        shutil.copyfile(source.path, path)
+        self.addCleanup(path.unlink)
+        path.chmod(0o644)
+        mtime = time.time() - age
+        os.utime(path, (mtime, mtime))
+        out = self.tmp / 'out.raw'
+        result = self.convert(self.spec(name, 'raw'), out)
+        self.assertSucceeded(result, f'convert of a file modified {age} s '
+                             'before')
+        self.assertFileHasImageData(out, source)
 
 
 class FtpsCases(ServerCases):

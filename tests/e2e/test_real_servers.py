@@ -50,8 +50,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import unittest
 from pathlib import Path
@@ -186,29 +184,7 @@ class ApacheFreshFileTest(E2ETestCase):
         self.assertFileHasImageData(out, source)
 
 
-class RecentFileCases(server_cases.HttpServerCases):
-    """Base of the servers whose files have no ETag: the driver pins them
-    by Last-Modified, and sends that date as If-Range."""
-
-    def check_recent_file(self, age: float) -> None:
-        """A file modified @age seconds before the convert gives its
-        bytes."""
-        source = self.images.raw
-        name = f'recent-{type(self).__name__}.raw'
-        path = self.images.directory / name
-        shutil.copyfile(source.path, path)
-        self.addCleanup(path.unlink)
-        path.chmod(0o644)
-        mtime = time.time() - age
-        os.utime(path, (mtime, mtime))
-        out = self.tmp / 'out.raw'
-        result = self.convert(self.spec(name, 'raw'), out)
-        self.assertSucceeded(result, f'convert of a file modified {age} s '
-                             'before')
-        self.assertFileHasImageData(out, source)
-
-
-class ApacheNoEtagTest(RecentFileCases):
+class ApacheNoEtagTest(server_cases.RecentFileCases):
     """Apache over HTTPS without ETags (FileETag None): the files are
     pinned by Last-Modified."""
 
@@ -243,7 +219,7 @@ class ApacheNoEtagTest(RecentFileCases):
         self.check_recent_file(10)
 
 
-class LighttpdNoEtagTest(RecentFileCases):
+class LighttpdNoEtagTest(server_cases.RecentFileCases):
     """lighttpd over HTTP without ETags (static-file.etags disabled):
     the files are pinned by Last-Modified."""
 
