@@ -57,6 +57,7 @@
 #define CURL_OPT_BLOCKCOUNT             "blockcount"
 #define CURL_OPT_CONNECTIONS            "connections"
 #define CURL_OPT_READAHEAD              "readahead"
+#define CURL_OPT_X_READAHEAD_WINDOW     "x-readahead-window"
 #define CURL_OPT_SSLVERIFY              "sslverify"
 #define CURL_OPT_TIMEOUT                "timeout"
 #define CURL_OPT_COOKIE                 "cookie"
@@ -2153,9 +2154,15 @@ static QemuOptsList runtime_opts = {
         {
             .name = CURL_OPT_READAHEAD,
             .type = QEMU_OPT_SIZE,
-            .help = "How far to fetch ahead of sequential reads, 0 for no "
-                    "readahead, at most what the cache holds besides one "
-                    "block (default: 48M, or less to fit the cache)",
+            .help = "The least to fetch ahead of sequential reads, 0 for "
+                    "no readahead; at most what the cache holds besides "
+                    "one block (default: 48M, or less to fit the cache)",
+        },
+        {
+            .name = CURL_OPT_X_READAHEAD_WINDOW,
+            .type = QEMU_OPT_SIZE,
+            .help = "Unstable: how far to fetch ahead of sequential reads "
+                    "exactly, for tests and tuning",
         },
         {
             .name = CURL_OPT_SSLVERIFY,
@@ -2277,7 +2284,8 @@ curl_bad_value(QemuOpts *opts, const char *name, Error **errp,
 static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
                                      Error **errp)
 {
-    uint64_t blockcount, connections, room;
+    uint64_t blockcount, connections, room, readahead;
+    const char *name;
 
     s->blocksize = qemu_opt_get_size(opts, CURL_OPT_BLOCKSIZE,
                                      CURL_DEFAULT_BLOCKSIZE);
@@ -2311,19 +2319,37 @@ static bool curl_parse_cache_options(BDRVCURLState *s, QemuOpts *opts,
     s->connections = connections;
 
     /*
-     * Readahead must leave room for a block that a read needs.  The driver
-     * of QEMU 10.0 and before took any readahead (the bytes it added to
-     * each request), and management tools pass what worked there: more
-     * than the cache holds is not an error, it is what the cache holds.
+     * The window of readahead.  The driver of QEMU 10.0 and before added
+     * 'readahead' bytes to each request (256 KiB by default), and
+     * management tools pass what worked there: libvirt's documentation
+     * has 64 KiB, virt-v2v passed 64 MiB.  Here it is the least the
+     * window may be, so that no value makes reads slower than the
+     * default; 0 still turns readahead off.  'x-readahead-window' sets
+     * the window itself, for tests and tuning.  Readahead must leave room
+     * for a block that a read needs: more than the cache holds is not an
+     * error, it is what the cache holds.
      */
     room = (s->blockcount - 1) * s->blocksize;
-    s->readahead = qemu_opt_get_size(opts, CURL_OPT_READAHEAD,
-                                     MIN(CURL_DEFAULT_READAHEAD, room));
+    s->readahead = MIN(CURL_DEFAULT_READAHEAD, room);
+    name = NULL;
+    if (qemu_opt_get(opts, CURL_OPT_X_READAHEAD_WINDOW)) {
+        if (qemu_opt_get(opts, CURL_OPT_READAHEAD)) {
+            error_setg(errp, "'%s' and '%s' cannot be used together",
+                       CURL_OPT_READAHEAD, CURL_OPT_X_READAHEAD_WINDOW);
+            return false;
+        }
+        name = CURL_OPT_X_READAHEAD_WINDOW;
+        s->readahead = qemu_opt_get_size(opts, name, 0);
+    } else if (qemu_opt_get(opts, CURL_OPT_READAHEAD)) {
+        name = CURL_OPT_READAHEAD;
+        readahead = qemu_opt_get_size(opts, name, 0);
+        s->readahead = readahead ? MAX(readahead, s->readahead) : 0;
+    }
     if (s->readahead > room) {
         warn_report("curl: %s=%s is more than the cache holds besides the "
                     "block being read; using (blockcount - 1) * blocksize "
-                    "= %" PRIu64 " bytes", CURL_OPT_READAHEAD,
-                    qemu_opt_get(opts, CURL_OPT_READAHEAD), room);
+                    "= %" PRIu64 " bytes", name, qemu_opt_get(opts, name),
+                    room);
         s->readahead = room;
     }
 

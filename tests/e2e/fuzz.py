@@ -72,7 +72,7 @@ class RunSpec:  # pylint: disable=too-many-instance-attributes
     offset: int                 # where it starts in the served file
     blocksize: str
     connections: int
-    readahead: Optional[str]    # None: the driver's default
+    readahead: Optional[str]    # x-readahead-window; None: the default
     retries: int
     client: str                 # convert or qemu-io
     mode: str                   # the server's validator mode
@@ -122,7 +122,7 @@ class RunSpec:  # pylint: disable=too-many-instance-attributes
                 f'file.blocksize={self.blocksize}',
                 f'file.connections={self.connections}']
         if self.readahead is not None:
-            opts.append(f'file.readahead={self.readahead}')
+            opts.append(f'file.x-readahead-window={self.readahead}')
         if self.offset:
             opts.append(f'file.offset={self.offset}')
         return ','.join(opts)

@@ -342,8 +342,9 @@ class DriverTrafficTest(E2ETestCase):
         self.check_sequential_reads('file.blocksize=64k', DEFAULT_READAHEAD)
 
     def test_sequential_small_reads_readahead_1m(self) -> None:
-        """readahead=1M: from 1.5 to 2 MiB fetched in all, once each."""
-        self.check_sequential_reads('file.blocksize=64k,file.readahead=1M',
+        """A 1 MiB window: from 1.5 to 2 MiB fetched in all, once each."""
+        self.check_sequential_reads('file.blocksize=64k,'
+                                    'file.x-readahead-window=1M',
                                     1 * MiB)
 
     def check_random_reads(self, name: str, size: int, options: str,

@@ -148,7 +148,7 @@ class GuestBootTest(E2ETestCase):
     def test_raw_blocksize_2m(self) -> None:
         """The raw disk in 2 MiB blocks, 4 of them readahead."""
         self.boot(self.https_drive('disk.raw', 'file.blocksize=2M,'
-                                   'file.readahead=8M'))
+                                   'file.x-readahead-window=8M'))
         self.check_served('disk.raw', fetches=True)
 
     def test_qcow2_driver_options(self) -> None:
