@@ -39,7 +39,8 @@ def point_opts(p: Dict[str, int]) -> Dict[str, str]:
     return {'blocksize': bl.size_opt(p['blocksize']),
             'blockcount': str(p['blockcount']),
             'connections': str(p['connections']),
-            'readahead': bl.size_opt(p['readahead'])}
+            # (the window itself: 'readahead' only makes it larger)
+            'x-readahead-window': bl.size_opt(p['readahead'])}
 
 
 def point_label(p: Dict[str, int]) -> str:
