@@ -375,7 +375,8 @@ class Lighttpd(WebServer):
 
     ETags are on (``static-file.etags``, lighttpd's default), or off
     without @etags.  It runs as whoever starts it; started as root it
-    stays root, as lighttpd does without ``server.username``.
+    stays root, as lighttpd does without ``server.username``.  It writes
+    its access log out every few seconds, not after each request.
     """
 
     name = 'lighttpd'

@@ -37,6 +37,8 @@
 #   otherwise: the day-old images get 206 answers (checked in Apache's
 #   log), and test_recent_file converts a file modified 10 s before,
 #   which must give its bytes too.
+# * LighttpdHttpsTest.test_http2: with file.http-version=http2, the
+#   requests are HTTP/2.
 # * VarnishTest: each of the cases through Varnish in front of Apache;
 #   the backend served the files whole (Varnish asks it for no range).
 # * SquidHttpTest, SquidHttpsTest: every request went through the proxy
@@ -50,6 +52,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import unittest
 from pathlib import Path
@@ -281,6 +284,27 @@ class LighttpdHttpsTest(server_cases.HttpServerCases):
 
     def curl_options(self) -> List[str]:
         return ['--cacert', str(self.ca.cert)]
+
+    def test_http2(self) -> None:
+        """With http-version=http2, the requests are HTTP/2 (lighttpd
+        offers h2 by ALPN)."""
+        # A name of its own, to tell its requests in lighttpd's log
+        name = 'h2-disk.raw'
+        link = self.images.directory / name
+        os.link(self.images.raw.path, link)
+        self.addCleanup(link.unlink)
+        options = {**self.file_options(name), 'http-version': 'http2'}
+        out = self.tmp / 'out.raw'
+        result = self.convert('json:' + json.dumps(
+            {'driver': 'raw', 'file': options}), out)
+        self.assertSucceeded(result)
+        self.assertFileHasImageData(out, self.images.raw)
+        # lighttpd writes its log out every few seconds
+        gets = fixtures.wait_for(
+            lambda: [line for line in self.lighttpd.settled_log()
+                     .splitlines() if f' GET /{name} ' in line],
+            10, 'lighttpd to log the GETs')
+        self.assertEqual({line.split()[0] for line in gets}, {'HTTP/2.0'})
 
 
 class VarnishTest(server_cases.HttpServerCases):
