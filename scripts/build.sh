@@ -93,10 +93,19 @@ COMMON_OPTS="--python=$PY --enable-curl --enable-tools --disable-docs
  --disable-libusb --disable-usb-redir --disable-xen --disable-gio"
 # The system emulator: machine "none" for -drive and QMP, and "q35" to boot
 # the test guest with -kernel/-initrd under TCG, with PCI virtio-blk and the
-# 8250 serial port that q35 brings; no other device.  virtio-blk also
-# because Python iotests refuse to run without it (they check "-device
-# help").  QEMU takes a device list from its own tree only, so it goes into
-# the working copies of the base.
+# 8250 serial port that q35 brings.  virtio-blk also because Python iotests
+# refuse to run without it (they check "-device help").  Then what libvirt
+# (Debian 12's 9.0, tests/e2e/test_libvirt.py) adds to a plain q35 domain,
+# and the two devices virt-install adds for a Linux guest, so that such a
+# domain needs no workaround:
+#   PCIE_PORT      pcie-root-port: libvirt puts each PCIe device of a q35
+#                  domain behind one (it takes ioh3420 only without it)
+#   USB_XHCI_PCI   qemu-xhci, the USB controller libvirt adds to q35
+#   VIRTIO_BALLOON virtio-balloon-pci, the default <memballoon>
+#   VIRTIO_RNG     virtio-rng-pci, the <rng> virt-install adds
+#   VIRTIO_SERIAL  virtio-serial-pci, for the qemu-ga <channel> it adds
+# QEMU takes a device list from its own tree only, so it goes into the
+# working copies of the base.
 DEVICES=qemu-curl
 write_devices() {  # write_devices SRC
     ddir=$1/configs/devices/x86_64-softmmu
@@ -107,6 +116,11 @@ CONFIG_VIRTIO_MMIO=y
 CONFIG_VIRTIO_BLK=y
 CONFIG_Q35=y
 CONFIG_VIRTIO_PCI=y
+CONFIG_PCIE_PORT=y
+CONFIG_USB_XHCI_PCI=y
+CONFIG_VIRTIO_BALLOON=y
+CONFIG_VIRTIO_RNG=y
+CONFIG_VIRTIO_SERIAL=y
 MAK
     if cmp -s "$ddir/$DEVICES.mak.new" "$ddir/$DEVICES.mak"; then
         rm "$ddir/$DEVICES.mak.new"
@@ -237,6 +251,20 @@ mkdir -p "$BUILD/firmware"
 for f in "$rom/linuxboot_dma.bin" "$seabios"; do
     cmp -s "$f" "$BUILD/firmware/${f##*/}" || cp "$f" "$BUILD/firmware/"
 done
+# bundle_firmware DIR: the same files where the emulator built in $BUILD/DIR
+# looks without -L (libvirt passes none): QEMU run from its build folder
+# takes its data directory from DIR/qemu-bundle/<datadir> (util/cutils.c,
+# get_relocated_path).
+bundle_firmware() {
+    datadir=$(sed -n 's/^#define CONFIG_QEMU_DATADIR "\(.*\)"$/\1/p' "$BUILD/$1/config-host.h")
+    [ -n "$datadir" ] || die "no CONFIG_QEMU_DATADIR in $BUILD/$1/config-host.h"
+    mkdir -p "$BUILD/$1/qemu-bundle$datadir"
+    for f in linuxboot_dma.bin bios-256k.bin; do
+        ln -sfn "$BUILD/firmware/$f" "$BUILD/$1/qemu-bundle$datadir/$f"
+    done
+}
+bundle_firmware qemu
+bundle_firmware stock
 
 # The test guest: kernel, initramfs and the test disk, cached in $CACHE.
 BUILD=$BUILD "$PY" "$top/scripts/build-guest.py" || die "could not make the test guest"
@@ -257,6 +285,7 @@ if [ -n "$asan" ]; then
     # shellcheck disable=SC2086
     ninja -C "$BUILD/qemu-asan" -j "$JOBS" $PATCHED_TARGETS ||
         die "build of the sanitized QEMU failed"
+    bundle_firmware qemu-asan
     view=$BUILD/asan
     mkdir -p "$view"
     for b in qemu-img qemu-io qemu-nbd qemu-system-x86_64; do

@@ -27,14 +27,19 @@ SERVICES="nginx-light:nginx vsftpd:vsftpd lighttpd:lighttpd varnish:varnish squi
 # make check also tests: OpenSSL, nghttp2 and libpsl headers, and the
 # autotools to regenerate its build system after Debian's patches.
 CURL8_PKGS="libssl-dev libnghttp2-dev libpsl-dev autoconf automake libtool"
+# The libvirt test (tests/e2e/test_libvirt.py): Debian's libvirtd with its
+# QEMU driver, and virsh; not libvirt-daemon-system, whose service, user and
+# configuration the test does without (it starts a private libvirtd, see
+# tests/e2e/libvirtd.py).
+LIBVIRT_PKGS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 # The benchmark: reference downloaders and the plot.
 BENCH_PKGS="aria2 gnuplot-nox time autoconf automake libtool libgnutls28-dev"
 
 case "${1:-test}" in
 build) pkgs=$BUILD_PKGS ;;
 curl8) pkgs="$BUILD_PKGS $CURL8_PKGS" ;;
-test) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS" ;;
-bench) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS $BENCH_PKGS" ;;
+test) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS $LIBVIRT_PKGS" ;;
+bench) pkgs="$BUILD_PKGS $TEST_PKGS $CURL8_PKGS $LIBVIRT_PKGS $BENCH_PKGS" ;;
 *) echo "usage: $0 [build|curl8|test|bench]" >&2; exit 2 ;;
 esac
 
