@@ -899,13 +899,33 @@ static char *curl_proxy_shown(const char *url)
  * tunnel (to an https server) leaves no HTTP status: its answer to
  * CONNECT is elsewhere.  Only a proxy answers 407.
  */
-static int curl_failure(CURL *easy, const char *url, CURLcode code,
-                        long status, const char *errbuf, char *why,
-                        size_t size)
+static int curl_failure(BDRVCURLState *s, CURL *easy, const char *url,
+                        CURLcode code, long status, const char *errbuf,
+                        char *why, size_t size)
 {
+    const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
     const char *text = *errbuf ? errbuf : curl_easy_strerror(code);
     g_autofree char *proxy = NULL;
     long proxy_status = 0;
+
+    /*
+     * From 7.87.0 to 8.6.0, libcurl's multi-socket interface stops
+     * watching the control connection while an FTPS data connection
+     * waits for its TLS handshake; a server that starts it only after
+     * RETR (vsftpd) then waits for a RETR that never comes, until the
+     * transfer times out and libcurl reads the late answer to SIZE as
+     * one to EPSV (curl issue 12901).
+     */
+    if ((s->ftp_tls || g_str_has_prefix(s->url, "ftps://")) &&
+        info->version_num >= 0x075700 && info->version_num < 0x080700 &&
+        (code == CURLE_FTP_WEIRD_PASV_REPLY ||
+         code == CURLE_OPERATION_TIMEDOUT)) {
+        snprintf(why, size, "the FTPS transfer stalled: libcurl %s stops "
+                 "watching the control connection while the data "
+                 "connection waits for TLS; libcurl 8.7 and later do not "
+                 "(%s)", info->version, text);
+        return -EIO;                /* (asking again stalls again) */
+    }
 
     curl_easy_getinfo(easy, CURLINFO_HTTP_CONNECTCODE, &proxy_status);
     if (proxy_status >= 300 ||
@@ -1494,8 +1514,8 @@ static int curl_transfer_result_locked(CURLTransfer *t, CURLcode result,
         result = CURLE_OK;              /* we stopped it where it ends */
     }
     if (result != CURLE_OK) {
-        return curl_failure(t->easy, t->target ?: t->s->url, result, status,
-                            t->errbuf, t->why, sizeof(t->why));
+        return curl_failure(t->s, t->easy, t->target ?: t->s->url, result,
+                            status, t->errbuf, t->why, sizeof(t->why));
     }
     if (fetch->pos != fetch->end) {
         curl_transfer_fail(t, -ECONNRESET, "the transfer ended after %"
@@ -2416,7 +2436,7 @@ static bool curl_parse_http_version(BDRVCURLState *s, QemuOpts *opts,
                                     Error **errp)
 {
     const char *value = qemu_opt_get(opts, CURL_OPT_HTTP_VERSION);
-    curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
+    const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
     int version;
 
     if (!value) {
@@ -2673,9 +2693,13 @@ out:
 /*
  * A file that changes under us must not mix old and new blocks.  Pin it by
  * the strongest validator it has at open: every answer that carries bytes
- * must carry the same (curl_transfer_check_pin()), and transfers send it
- * as If-Range, so that a server that knows of a change answers with all of
- * the new file rather than a range of it.  A weak ETag says that two
+ * must carry the same (curl_transfer_check_pin()), and transfers send a
+ * strong ETag as If-Range, so that a server that knows of a change
+ * answers with all of the new file rather than a range of it.  Not a
+ * date: Apache answers a range request whose If-Range is a date with the
+ * whole file until the file is a minute old (it cannot tell two versions
+ * of the same second apart), and an answer with another date is refused
+ * anyway.  A weak ETag says that two
  * versions mean the same, not that they hold the same bytes (RFC 9110),
  * and If-Range may not carry it: it pins nothing.  Over FTP, the
  * modification time (MDTM) pins the file, if the server tells it.  A file
@@ -2721,7 +2745,7 @@ static bool curl_pin(BDRVCURLState *s, CURL *easy, CURLHeaders *h,
         s->pin = CURL_PIN_SIZE;
     }
     trace_curl_pin(s, names[s->pin], s->validator ?: "", s->mtime);
-    if (s->validator) {
+    if (s->pin == CURL_PIN_ETAG) {
         if_range = g_strdup_printf("If-Range: %s", s->validator);
         s->origin_headers = curl_slist_append(s->origin_headers, if_range);
         s->other_headers = curl_slist_append(s->other_headers, if_range);
@@ -2796,8 +2820,8 @@ static int curl_probe_perform(BDRVCURLState *s, CURL *easy, CURLProbe *p,
         }
         /* (over HTTP/2, a stop by us may be a CURLE_HTTP2 error) */
         if (p->code != CURLE_OK && !p->stopped) {
-            ret = curl_failure(easy, p->where ?: s->url, p->code, p->status,
-                               p->errbuf, why, sizeof(why));
+            ret = curl_failure(s, easy, p->where ?: s->url, p->code,
+                               p->status, p->errbuf, why, sizeof(why));
             error_setg(errp, "%s", why);
             return ret;
         }

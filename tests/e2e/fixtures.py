@@ -42,6 +42,7 @@ Environment variables:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import dataclasses
 import hashlib
 import io
@@ -437,6 +438,22 @@ def run(args: Sequence[Union[str, Path]], timeout: float = COMMAND_TIMEOUT,
 # ---------------------------------------------------------------------------
 # Test images
 # ---------------------------------------------------------------------------
+
+def libcurl_version(binary: Union[str, Path]) -> Tuple[int, int, int]:
+    """The version of the libcurl that @binary loads, as ldd finds it."""
+    out = subprocess.run(['ldd', str(binary)], capture_output=True,
+                         text=True, check=True).stdout
+    match = re.search(r'libcurl\S*\.so\S* => (\S+)', out)
+    if not match:
+        raise MissingPrerequisite(f'{binary} loads no libcurl')
+    lib = ctypes.CDLL(match.group(1))
+    lib.curl_version.restype = ctypes.c_char_p
+    text = lib.curl_version().decode()
+    found = re.match(r'libcurl/(\d+)\.(\d+)\.(\d+)', text)
+    if not found:
+        raise ValueError(f'curl_version() said {text!r}')
+    return int(found.group(1)), int(found.group(2)), int(found.group(3))
+
 
 def sha256_file(path: Union[str, Path]) -> str:
     """Return the hex SHA-256 of a file's contents."""

@@ -23,11 +23,14 @@
 #   file.tls, which it implies; test_untrusted_refused: file.tls=on
 #   without the private CA fails on the certificate.
 #
-# The explicit FTPS classes need the ftp driver's tls option (the lead's
-# "ftp: tls" change).  Implicit FTPS is what libcurl 7.88's multi_socket
-# interface gets wrong, by a race: while the data connection is set up,
-# it stops watching the control connection, and a transfer stalls unless
-# the server's answer came fast enough (see the report of issue 24).
+# From 7.87.0 to 8.6.0 (Debian 12 has 7.88.1), libcurl's multi-socket
+# interface stops watching the control connection while an FTPS data
+# connection waits for TLS, which vsftpd starts only after RETR (curl
+# issue 12901): a transfer stalls unless vsftpd's answers come fast
+# enough.  With such a libcurl a case may fail, but only with the
+# driver's error that names that stall (FtpsCases.stalled()); with
+# libcurl 8.7 and later (the libcurl 8 layer of make check), every case
+# must pass.
 """Explicit and implicit FTPS from vsftpd."""
 
 from __future__ import annotations

@@ -36,14 +36,11 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import re
 import shutil
 import subprocess
 import unittest
 from pathlib import Path
-from typing import ClassVar, List, Optional, Tuple
+from typing import ClassVar, List, Optional
 
 import fixtures
 from e2e_case import NginxImagesCase
@@ -101,20 +98,6 @@ class Nghttpd:
         """The URL of file @name."""
         scheme = 'http' if self.cleartext else 'https'
         return f'{scheme}://{HOST}:{self.port}/{name}'
-
-
-def libcurl_version(qemu_img: Path) -> Tuple[int, int]:
-    """The (major, minor) version of the libcurl that @qemu_img loads."""
-    out = subprocess.run(['ldd', str(qemu_img)], capture_output=True,
-                         text=True, check=True).stdout
-    match = re.search(r'libcurl\S*\.so\S* => (\S+)', out)
-    path = match.group(1) if match else ctypes.util.find_library('curl')
-    lib = ctypes.CDLL(path)
-    lib.curl_version.restype = ctypes.c_char_p
-    text = lib.curl_version().decode()
-    found = re.match(r'libcurl/(\d+)\.(\d+)', text)
-    assert found, text
-    return int(found.group(1)), int(found.group(2))
 
 
 class Http2Test(NginxImagesCase):
@@ -208,7 +191,7 @@ class Http2Test(NginxImagesCase):
         """http2 over http://: refused before libcurl 8.0, and why."""
         result = self.open_raw(self.h2_clear.url(self.images.raw.name),
                                'http2')
-        if libcurl_version(self.bins.qemu_img) < (8, 0):
+        if fixtures.libcurl_version(self.bins.qemu_img) < (8, 0, 0):
             self.assertFailedCleanly(result)
             self.assertRegex(result.stderr,
                              r': http-version=http2 over http:// needs '
