@@ -50,12 +50,15 @@ TOP = Path(__file__).resolve().parents[1]
 PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
 LAYERS = ('harness', 'unit', 'series', 'iotests', 'e2e', 'curl8')
-# The e2e test modules that the curl8 layer runs
-# against the binaries linked to libcurl 8: every protocol (http, https,
-# ftp, ftps, TLS with tls-creds), redirects, credentials, the fault
-# matrix, the drains, the fuzzer and the guest boot.  Left out: the grid
-# of driver options, which test_driver_* cover but that repeats the same
-# transfers 84 times (README.rst, "libcurl 8").
+# The e2e test modules that the curl8 layer runs against the binaries
+# linked to libcurl 8: every protocol (http, https, ftp, ftps, TLS with
+# tls-creds), redirects, credentials, the fault matrix, the drains, the
+# fuzzer (with CURL8_FUZZ_ANSWERS answers instead of 10,000) and the guest
+# boot; about 9 minutes on 2 cores.  Left out: test_driver_grid (84
+# combinations of the driver's own options, 47 s, whose transfers the
+# other modules make too) and test_fixtures (the harness), and any module
+# not named here (README.rst, "libcurl 8").
+CURL8_FUZZ_ANSWERS = 5000
 CURL8_E2E = ('test_libcurl', 'test_convert', 'test_drain',
              'test_driver_offset', 'test_driver_qemu', 'test_driver_random',
              'test_driver_traffic', 'test_errors', 'test_fault_matrix',
@@ -573,7 +576,11 @@ def layer_curl8(build: Path) -> LayerResult:
         result.problems.append(f'{view}/qemu-img missing: run make check '
                                '(or scripts/build.sh --curl8)')
         return result
-    env = {'QCURL_BUILD': str(view), 'QCURL_LIBCURL_MAJOR': '8'}
+    # BUILD too, for the scripts that the tests run (scripts/convert.sh):
+    # the binaries and the test CA of the view
+    env = {'QCURL_BUILD': str(view), 'BUILD': str(view),
+           'QCURL_LIBCURL_MAJOR': '8',
+           'QCURL_FUZZ_ANSWERS': str(CURL8_FUZZ_ANSWERS)}
     select = [arg for module in CURL8_E2E for arg in ('-k', f'{module}.*')]
     code, out = run([runner, '--list'] + select, echo=False, env=env)
     expected_ids, error = parse_test_ids(out, code, 'curl8')
