@@ -16,11 +16,12 @@ BUILD_PKGS="build-essential ninja-build pkg-config dpkg-dev debian-archive-keyri
 # The test harness: nginx over HTTPS, FTP servers (pyftpdlib, and vsftpd, the
 # one most Linux hosts run), certificates; the real servers of
 # tests/e2e/servers.py: Apache (apache2-bin: the server and its modules,
-# without Debian's service), lighttpd with TLS, Varnish, Squid.  The tests
+# without Debian's service), lighttpd with TLS, Varnish, Squid; nghttpd, a
+# server that speaks only HTTP/2 (tests/e2e/test_http2.py).  The tests
 # start their own instances: the packages' services are neither started nor
 # needed (see SERVICES below).
 TEST_PKGS="nginx-light openssl curl python3-pyftpdlib python3-openssl util-linux vsftpd
- apache2-bin lighttpd lighttpd-mod-openssl varnish squid"
+ apache2-bin lighttpd lighttpd-mod-openssl varnish squid nghttp2-server"
 # Packages whose postinst would start a system service
 SERVICES="nginx-light:nginx vsftpd:vsftpd lighttpd:lighttpd varnish:varnish squid:squid"
 # libcurl 8 from Debian 13's source (scripts/build-libcurl8.sh), which
