@@ -100,14 +100,15 @@ class Libvirtd:
 
     :attr:`uri` is the connection URI of its socket; :meth:`virsh` runs
     virsh on it.  stop() destroys every domain that is still there,
-    removes every secret, stops the daemon, kills any QEMU it left and
-    removes the private directory.  Use it as a context manager, or call
-    start() and stop().
+    removes every secret, stops the daemon, kills whatever it left in
+    its mount namespace (QEMU) and removes the private directory.  Use
+    it as a context manager, or call start() and stop().
     """
 
     def __init__(self) -> None:
         self.dir: Optional[Path] = None
         self._proc: Optional['subprocess.Popen[bytes]'] = None
+        self._mount_ns: Optional[str] = None
 
     def __enter__(self) -> 'Libvirtd':
         self.start()
@@ -222,9 +223,18 @@ class Libvirtd:
                     f'{self.errors()}')
 
         def answers() -> bool:
-            assert self.dir is not None
-            return ((self.dir / 'run' / 'libvirt-sock').exists() and
-                    self.virsh('uri', timeout=10).returncode == 0)
+            assert self.dir is not None and self._proc is not None
+            if not (self.dir / 'run' / 'libvirt-sock').exists():
+                return False
+            if self._mount_ns is None:
+                # The socket is there: libvirtd (unshare and sh exec it)
+                # runs in its namespace, where what it starts runs too
+                theirs = os.readlink(f'/proc/{self._proc.pid}/ns/mnt')
+                if theirs == os.readlink('/proc/self/ns/mnt'):
+                    raise RuntimeError('libvirtd runs in the mount '
+                                       'namespace of the tests')
+                self._mount_ns = theirs
+            return self.virsh('uri', timeout=10).returncode == 0
 
         wait_for(answers, timeout, 'libvirtd to answer', interval=0.2,
                  abort=died)
@@ -270,23 +280,24 @@ class Libvirtd:
                     self._proc.kill()
                     self._proc.wait(timeout=10)
             self._proc = None
-        self._kill_leftover_qemu()
+        self._kill_leftovers()
         remove_tree(self.dir)
         self.dir = None
         atexit.unregister(self.stop)
 
-    def _kill_leftover_qemu(self) -> None:
-        """Kill the QEMU processes whose pid files the daemon left."""
-        if self.dir is None:
+    def _kill_leftovers(self) -> None:
+        """Kill what is left in the daemon's mount namespace: a QEMU that
+        it did not stop, or the -daemonize'd QEMU of a capabilities probe
+        that hung."""
+        if self._mount_ns is None:
             return
-        for pid_file in (self.dir / 'run' / 'qemu').glob('*.pid'):
-            try:
-                pid = int(pid_file.read_text().strip())
-                cmdline = Path(f'/proc/{pid}/cmdline').read_bytes()
-            except (OSError, ValueError):
+        for entry in Path('/proc').iterdir():
+            if not entry.name.isdigit():
                 continue
-            if b'qemu-system' in cmdline:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            try:
+                if os.readlink(entry / 'ns' / 'mnt') != self._mount_ns:
+                    continue
+                os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+        self._mount_ns = None
