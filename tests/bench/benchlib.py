@@ -373,6 +373,17 @@ SCENARIOS = {
 }
 
 
+#: Not a preset of the proxy: the client talks to nginx directly, without
+#: wanproxy's relay (the HTTP/2 part's plain loopback)
+DIRECT = 'LO'
+DIRECT_DESC = 'loopback: straight to nginx, no proxy'
+
+
+def scenario_desc(scenario: str) -> str:
+    """The description of @scenario (a preset of the proxy, or DIRECT)."""
+    return DIRECT_DESC if scenario == DIRECT else SCENARIOS[scenario][0]
+
+
 def _load_wanproxy_check() -> Any:
     path = HERE / 'wanproxy-check'
     loader = importlib.machinery.SourceFileLoader('wanproxy_check', str(path))

@@ -50,6 +50,16 @@ CONTENDER_DESC = {
     'link': 'link limit (file size / link rate)',
 }
 
+#: Variants of the new driver that only some parts run (not contenders of
+#: the main comparison): name -> the driver options they add
+VARIANTS: Dict[str, Dict[str, str]] = {
+    'new-h2': {'http-version': 'http2'},
+}
+VARIANT_DESC = {
+    'new-h2': 'new driver, http-version=http2: the transfers as streams '
+              'over one connection',
+}
+
 
 # ---------------------------------------------------------------------------
 # The context of one benchmark run
@@ -187,12 +197,17 @@ def run_one(ctx: Ctx, nginx: bl.BenchNginx, scenario: str, image: bl.Image,
 
     Returns a dict with the timings, what the server and proxy saw, and
     whether the output was right.  Failures are recorded, not raised.
+    @contender may be a variant of the new driver (:data:`VARIANTS`).  In
+    the scenario bl.DIRECT, the client talks to nginx without a proxy.
     """
     label = f'{scenario}-{image.key}-{contender}{tag}'
+    # A variant runs as the new driver, with its options
+    kind = 'new' if contender in VARIANTS else contender
     rec: Dict[str, Any] = {
         'scenario': scenario, 'image': image.key, 'contender': contender,
         'file_bytes': image.size, 'opts': opts or {}, 'ok': False,
         'verified': None, 'error': None, 'started': time.time(),
+        'load_start': os.getloadavg()[0],
     }
     rundir = ctx.rundir(label)
     out = ctx.out / f'{contender}.out'
@@ -203,28 +218,35 @@ def run_one(ctx: Ctx, nginx: bl.BenchNginx, scenario: str, image: bl.Image,
     proxy = None
     cpu_before = bl.host_cpu_times()
     try:
-        proxy = bl.WanProxy(ctx.wanproxy, nginx.https_port, scenario, rundir)
-        url = proxy.url(url_path or image.name)
+        if scenario == bl.DIRECT:
+            url = nginx.https_url(url_path or image.name)
+        else:
+            proxy = bl.WanProxy(ctx.wanproxy, nginx.https_port, scenario,
+                                rundir)
+            url = proxy.url(url_path or image.name)
         if timeout is None:
             timeout = timeout_for(image.size)
         rec['timeout'] = timeout
         whole_file = contender in ('aria2c', 'curl')
-        if contender in ('new', 'stock'):
-            qemu_img = ctx.new_img if contender == 'new' else ctx.stock_img
+        if kind in ('new', 'stock'):
+            qemu_img = ctx.new_img if kind == 'new' else ctx.stock_img
             node: Dict[str, Any] = {'driver': 'https', 'url': url}
-            if contender == 'new' and not opts:
+            if kind == 'new' and not opts:
                 node.update(env_opts())
+            node.update(VARIANTS.get(contender, {}))
             node.update(opts or {})
+            rec['driver_opts'] = {k: v for k, v in node.items()
+                                  if k not in ('driver', 'url')}
             argv: List[Any] = [qemu_img]
-            if contender == 'new':
+            if kind == 'new':
                 argv += bl.trace_args()
-            argv += ['convert'] + qemu_source(image, node, contender ==
+            argv += ['convert'] + qemu_source(image, node, kind ==
                                                'new') + ['-O', 'raw', out]
             res = bl.run_measured(argv, timeout, rundir / 'cmd',
-                                  stamp_stderr=contender == 'new')
+                                  stamp_stderr=kind == 'new')
             rec.update(wall=res.wall, cpu=res.cpu, maxrss_kb=res.maxrss_kb,
                        rusage_from=res.rusage_from)
-            if contender == 'new':
+            if kind == 'new':
                 rec['trace'] = bl.parse_trace(res.stderr)
         elif contender == 'nbdkit':
             if ctx.nbdkit is None:
@@ -308,6 +330,7 @@ def run_one(ctx: Ctx, nginx: bl.BenchNginx, scenario: str, image: bl.Image,
             if stale.is_file():
                 stale.unlink()
     rec['server'] = bl.summarize_log(nginx.settled_log())
+    rec['load_end'] = os.getloadavg()[0]
     if rec.get('wall'):
         rec['throughput'] = image.size / rec['wall']
     state = 'ok' if rec['ok'] else f'FAILED: {rec["error"]}'

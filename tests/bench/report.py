@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 import benchlib as bl  # noqa: E402
 import guest as bench_guest  # noqa: E402
 from benchlib import KiB, MiB  # noqa: E402
-from contenders import CONTENDER_DESC  # noqa: E402
+from contenders import CONTENDER_DESC, VARIANT_DESC  # noqa: E402
 from sweep import DEFAULT_POINT, point_key, point_label  # noqa: E402
 
 DOCS = HERE / 'results'
@@ -326,7 +326,13 @@ def render_extras(res: Dict[str, Any], m: Dict[str, Any]) -> List[str]:
             out += failed_section(title, res[key])
             res = {k: v for k, v in res.items() if k != key}
     h2 = res.get('http2')
-    if h2:
+    if h2 and 'sides' in h2:
+        table = http2_tables(h2)
+        out += ['## HTTP/2', '', section_note(h2, m) + table[0]] + \
+            table[1:] + ['']
+    elif h2:
+        # (results of before the option http-version: defaults, nginx
+        # with and without http2)
         out += ['## HTTP/2', '', section_note(h2, m) +
                 f'New driver, defaults, {h2["image"]}; nginx with and '
                 'without `http2` (negotiated with ALPN; libcurl prefers '
@@ -400,6 +406,90 @@ def render_extras(res: Dict[str, Any], m: Dict[str, Any]) -> List[str]:
                 f' | {"yes (" + str(r.get("spot_checked")) + " reads)" if r["ok"] else "NO"}'
                 f' | {note} |')
         out.append('')
+    return out
+
+
+def http2_summary(h2: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per scenario and side of the HTTP/2 part: the medians of the
+    verified runs, and the time of each side over the first's."""
+    rows: List[Dict[str, Any]] = []
+    for scen in h2['scenarios']:
+        base: Optional[float] = None
+        for side in h2['sides']:
+            rs = [r for r in h2['runs']
+                  if r['scenario'] == scen and r['contender'] == side]
+            good = [r for r in rs if r['ok']]
+            row: Dict[str, Any] = {'scenario': scen, 'side': side,
+                                   'runs': len(rs), 'ok_runs': len(good),
+                                   'errors': sorted({str(r['error'])
+                                                     for r in rs
+                                                     if not r['ok']})}
+            if good:
+                def med(key: str) -> Optional[float]:
+                    vals = [r[key] for r in good if r.get(key) is not None]
+                    return statistics.median(vals) if vals else None
+
+                def med_srv(key: str) -> float:
+                    return statistics.median(r['server'][key] for r in good)
+                row.update(
+                    wall=med('wall'), walls=[r['wall'] for r in good],
+                    throughput=good[0]['file_bytes'] / med('wall'),
+                    cpu=med('cpu'), maxrss_kb=med('maxrss_kb'),
+                    host_busy=med('host_busy'),
+                    server_bytes=med_srv('bytes'),
+                    requests=med_srv('requests'),
+                    connections=med_srv('connections'),
+                    protocols=sorted({p for r in good
+                                      for p in r['server']['protocols']}),
+                    load=[x for r in good for x in
+                          (r.get('load_start'), r.get('load_end'))
+                          if x is not None])
+                if base is None:
+                    base = row['wall']
+                row['ratio'] = row['wall'] / base
+            rows.append(row)
+    return rows
+
+
+def http2_tables(h2: Dict[str, Any]) -> List[str]:
+    """The HTTP/2 part: medians and ratios, then every run."""
+    sides = h2['sides']
+    desc = {**CONTENDER_DESC, **VARIANT_DESC,
+            'new': 'new driver, defaults: HTTP/1.1, a connection per '
+                   'transfer'}
+    out = [f'New driver, {h2["image"]}, from nginx with `http2` on (ALPN): '
+           f'{" against ".join(f"`{s}` ({desc[s]})" for s in sides)}'
+           f', side by side, median of {h2["reps"]}; × = wall time over '
+           f'`{sides[0]}`\'s.  {bl.DIRECT}: straight to nginx, without the '
+           'proxy.', '',
+           '| scenario | side | wall s | × | MB/s | CPU s | peak RSS MiB | '
+           'host CPU busy | load (1 min) | server MB | requests | '
+           'TCP connections | protocol seen | verified | notes |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|'
+           '---|---|']
+    for row in http2_summary(h2):
+        notes = []
+        if row.get('walls') and len(row['walls']) > 1:
+            notes.append('median of ' + ', '.join(
+                f'{w:.2f}' for w in row['walls']))
+        if row['errors']:
+            notes.append('FAILED: ' + '; '.join(row['errors'])[:300])
+        load = row.get('load') or []
+        out.append(
+            f'| {row["scenario"]} | {row["side"]} | {fmt(row.get("wall"))} '
+            f'| {fmt(row.get("ratio"))} | '
+            f'{fmt(row["throughput"] / 1e6 if row.get("throughput") else None, ".1f")}'
+            f' | {fmt(row.get("cpu"))} | '
+            f'{fmt(row["maxrss_kb"] / 1024 if row.get("maxrss_kb") else None, ".0f")}'
+            ' | ' + (f'{row["host_busy"] * 100:.0f}%' if
+                     row.get('host_busy') is not None else '—') + ' | ' +
+            (f'{min(load):.2f}–{max(load):.2f}' if load else '—') + ' | ' +
+            (f'{row["server_bytes"] / 1e6:.1f}' if row.get('server_bytes')
+             else '—') +
+            f' | {fmt(row.get("requests"), ".0f")} | '
+            f'{fmt(row.get("connections"), ".0f")} | '
+            f'{", ".join(row.get("protocols", []))} | '
+            f'{row["ok_runs"]}/{row["runs"]} | {"; ".join(notes)} |')
     return out
 
 
