@@ -730,9 +730,11 @@ static bool curl_setup_easy(BDRVCURLState *s, CURL *easy, char *errbuf,
     /*
      * By default one transfer per connection, even where HTTP/2 is
      * offered: links cap each connection's rate (CDNs do, per flow), and
-     * libcurl would multiplex every transfer over one or two of them.
-     * Measured with a 40 ms, 10 MB/s per connection link, converting a
-     * qcow2 took ten times longer over HTTP/2.  With 'http-version=http2',
+     * libcurl multiplexes every transfer over one of them.  Converting a
+     * 1 GiB qcow2 took 11.25 times longer over HTTP/2 with a 40 ms link
+     * of 10 MB/s per connection, 1.02 times with 150 ms and 25 MB/s
+     * shared, and no measurably longer on loopback
+     * (tests/bench/results/http2.md).  With 'http-version=http2',
      * https negotiates HTTP/2 in the TLS handshake (HTTP/1.1 if the server
      * does not offer it), and http speaks it from the start, as RFC 9113
      * has it for cleartext; a new transfer waits for a connection that can
