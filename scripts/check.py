@@ -51,13 +51,16 @@ PY = '/usr/bin/python3'
 EXPECTED_SKIPS = TOP / 'tests' / 'expected-skips'
 LAYERS = ('harness', 'unit', 'series', 'iotests', 'e2e', 'curl8')
 # The e2e test modules that the curl8 layer runs against the binaries
-# linked to libcurl 8: every protocol (http, https, ftp, ftps, TLS with
-# tls-creds), redirects, credentials, the fault matrix, the drains, the
-# fuzzer (with CURL8_FUZZ_ANSWERS answers instead of 10,000) and the guest
-# boot; about 9 minutes on 2 cores.  Left out: test_driver_grid (84
-# combinations of the driver's own options, 47 s, whose transfers the
-# other modules make too) and test_fixtures (the harness), and any module
-# not named here (README.rst, "libcurl 8").
+# linked to libcurl 8: every protocol (http, https, HTTP/2, ftp, ftps,
+# TLS with tls-creds), redirects, credentials, real servers and caches,
+# the fault matrix, the drains, the fuzzer (with CURL8_FUZZ_ANSWERS
+# answers instead of 10,000) and the guest boot; 8 to 10 minutes on 2
+# cores.  Left out: test_driver_grid (84 combinations of the driver's own
+# options, 47 s, whose transfers the other modules make too),
+# test_fixtures (the harness), test_libvirt (its emulator would need the
+# firmware in build/qemu-curl8's data directory, and it boots the guest
+# test_guest boots), and any module not named here (README.rst,
+# "libcurl 8").
 CURL8_FUZZ_ANSWERS = 5000
 CURL8_E2E = ('test_libcurl', 'test_convert', 'test_drain',
              'test_driver_offset', 'test_driver_qemu', 'test_driver_random',
@@ -65,7 +68,8 @@ CURL8_E2E = ('test_libcurl', 'test_convert', 'test_drain',
              'test_ftp', 'test_fuzz', 'test_guest', 'test_http_credentials',
              'test_info', 'test_lifecycle', 'test_main_job', 'test_qemu_io',
              'test_redirect_credentials', 'test_storage_daemon',
-             'test_system', 'test_tls_creds', 'test_vsftpd')
+             'test_system', 'test_tls_creds', 'test_vsftpd', 'test_ftps',
+             'test_http2', 'test_real_servers')
 SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
 REPORT_LINES = 150              # printed of each sanitizer report
 
