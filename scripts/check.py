@@ -11,7 +11,8 @@ tests/unit (glib, TAP output), the overlay as a patch series
 (scripts/series.py --bisect: git am, checkpatch, a build and the unit
 tests after every patch; not under the sanitizers), the qemu-iotests in
 tests/qemu-iotests/tests (through the base tree's check script), and the
-end-to-end tests of the real binaries (tests/e2e), and those tests again,
+end-to-end tests of the real binaries (tests/e2e; under the sanitizers,
+all but ASAN_E2E_LEFT_OUT), and those tests again,
 a subset of them (CURL8_E2E), against the patched binaries linked to
 libcurl 8 (the curl8 layer: <build>/curl8, made by scripts/build.sh
 --curl8).  Every layer prints its runner's own summary, then what this
@@ -70,6 +71,13 @@ CURL8_E2E = ('test_libcurl', 'test_convert', 'test_drain',
              'test_redirect_credentials', 'test_storage_daemon',
              'test_system', 'test_tls_creds', 'test_vsftpd', 'test_ftps',
              'test_http2', 'test_real_servers')
+# The e2e test modules left out under the sanitizers (make check-asan), to
+# keep CI within its time: the real servers and the guest boots (under
+# libvirt, the emulator is not the sanitized one anyway), and the grid of
+# the driver's options; the driver's paths that they take, the fault
+# matrix, the fuzzer, the drains and the lifecycle tests take too.
+ASAN_E2E_LEFT_OUT = ('test_driver_grid', 'test_ftps', 'test_guest',
+                     'test_libvirt', 'test_real_servers')
 SANITIZER_LOGS = 'QCURL_SANITIZER_LOGS'
 REPORT_LINES = 150              # printed of each sanitizer report
 
@@ -553,14 +561,22 @@ def parse_e2e(out: str, code: int, expected_ids: Sequence[str],
     return result
 
 
-def layer_e2e() -> LayerResult:
-    """End-to-end tests of the real binaries."""
+def layer_e2e(sanitized: bool) -> LayerResult:
+    """End-to-end tests of the real binaries; if @sanitized, all but the
+    modules of ASAN_E2E_LEFT_OUT."""
     runner = str(TOP / 'tests' / 'e2e' / 'run')
-    code, out = run([runner, '--list'], echo=False)
+    select: List[str] = []
+    if sanitized:
+        for path in sorted((TOP / 'tests' / 'e2e').glob('test_*.py')):
+            if path.stem not in ASAN_E2E_LEFT_OUT:
+                select += ['-k', f'{path.stem}.*']
+        print('e2e: under the sanitizers, without '
+              + ', '.join(ASAN_E2E_LEFT_OUT))
+    code, out = run([runner, '--list'] + select, echo=False)
     expected_ids, error = parse_test_ids(out, code, 'e2e')
     if error:
         print(out, end='')
-    code, out = run([runner])
+    code, out = run([runner] + select)
     result = parse_e2e(out, code, expected_ids)
     if error:
         result.problems.append(error)
@@ -810,7 +826,7 @@ def main() -> int:
         elif layer == 'curl8':
             result = layer_curl8(build)
         else:
-            result = layer_e2e()
+            result = layer_e2e(logs is not None)
         result.seconds = time.monotonic() - start
         if logs is not None:
             result.problems += print_sanitizer_reports(
