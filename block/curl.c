@@ -17,7 +17,6 @@
 #include <curl/curl.h>
 #include "qapi/error.h"
 #include "qapi/qmp/qerror.h"
-#include "qapi/util.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/host-utils.h"
@@ -2439,7 +2438,6 @@ static bool curl_parse_http_version(BDRVCURLState *s, QemuOpts *opts,
 {
     const char *value = qemu_opt_get(opts, CURL_OPT_HTTP_VERSION);
     const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
-    int version;
 
     if (!value) {
         return true;
@@ -2450,13 +2448,12 @@ static bool curl_parse_http_version(BDRVCURLState *s, QemuOpts *opts,
                    CURL_OPT_HTTP_VERSION);
         return false;
     }
-    version = qapi_enum_parse(&BlockdevCurlHttpVersion_lookup, value, -1,
-                              NULL);
-    if (version < 0) {
+    /* (BlockdevCurlHttpVersion's values, for -drive as for blockdev-add) */
+    if (strcmp(value, "http1") && strcmp(value, "http2")) {
         return curl_bad_value(opts, CURL_OPT_HTTP_VERSION, errp,
                               "http-version must be http1 or http2");
     }
-    s->http2 = version == BLOCKDEV_CURL_HTTP_VERSION_HTTP2;
+    s->http2 = !strcmp(value, "http2");
     if (s->http2 && !(info->features & CURL_VERSION_HTTP2)) {
         error_setg(errp, "%s=http2: libcurl %s was built without HTTP/2",
                    CURL_OPT_HTTP_VERSION, info->version);
