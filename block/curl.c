@@ -261,6 +261,7 @@ struct BDRVCURLState {
     bool sslverify;
     bool ftp_tls;               /* ftp:// with AUTH TLS ('tls') */
     bool http2;                 /* 'http-version=http2' */
+    bool ftps_poll;             /* FTPS with libcurl 7.87 to 8.6 */
     char *tls_ca;               /* what 'tls-creds' trusts, or NULL */
     char *tls_crl;              /* and revokes */
     char *tls_cert;             /* the client certificate it presents */
@@ -969,6 +970,7 @@ curl_transfer_fail(CURLTransfer *t, int ret, const char *fmt, ...)
  */
 
 static void curl_start_transfers_locked(BDRVCURLState *s);
+static void curl_poll_soon_locked(BDRVCURLState *s);
 static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result);
 static void curl_quiesce_locked(BDRVCURLState *s);
 
@@ -982,6 +984,10 @@ static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
         return;
     }
     curl_multi_socket_action(s->multi, fd, events, &running);
+    if (s->ftps_poll) {
+        /* Let every transfer read what it does not ask us to watch */
+        curl_multi_perform(s->multi, &running);
+    }
     range_cache_wake_locked(&s->cache);
     while ((msg = curl_multi_info_read(s->multi, &left))) {
         CURLTransfer *t;
@@ -997,6 +1003,9 @@ static void curl_multi_do(BDRVCURLState *s, curl_socket_t fd, int events)
         curl_quiesce_locked(s);
     }
     curl_start_transfers_locked(s);
+    if (s->ftps_poll && s->active) {
+        curl_poll_soon_locked(s);
+    }
 }
 
 static void curl_sock_read_cb(void *opaque)
@@ -1072,6 +1081,28 @@ static int curl_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     return 0;
 }
 
+/*
+ * From 7.87.0 to 8.6.0, libcurl's multi-socket interface stops watching
+ * the control connection while an FTPS data connection waits for TLS
+ * (curl issue 12901), and a server that starts that handshake only after
+ * RETR (vsftpd) waits for a RETR that never comes: the transfer stalls
+ * until it times out.  With such a libcurl, every transfer of an FTPS node
+ * is also run every CURL_FTPS_POLL_MS while any is active, which reads the
+ * control connection's answers that nothing watches.
+ */
+#define CURL_FTPS_POLL_MS   10
+
+static void curl_poll_soon_locked(BDRVCURLState *s)
+{
+    int64_t when_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                      CURL_FTPS_POLL_MS;
+
+    if (!timer_pending(&s->timer) ||
+        timer_expire_time_ns(&s->timer) > when_ms * SCALE_MS) {
+        curl_timer_mod_locked(s, &s->timer, when_ms);
+    }
+}
+
 /* CURLMOPT_TIMERFUNCTION; called with the lock held */
 static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
@@ -1084,6 +1115,9 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
         curl_timer_mod_locked(s, &s->timer,
                               qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                               timeout_ms);
+    }
+    if (s->ftps_poll && s->active) {
+        curl_poll_soon_locked(s);
     }
     return 0;
 }
@@ -2412,6 +2446,7 @@ static bool curl_tls_file(const char *id, const char *dir, const char *name,
 static bool curl_parse_ftp_tls(BDRVCURLState *s, QemuOpts *opts,
                                Error **errp)
 {
+    const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
     bool ftp = g_str_has_prefix(s->url, "ftp://");
     bool creds = qemu_opt_get(opts, CURL_OPT_TLS_CREDS) != NULL;
 
@@ -2426,6 +2461,10 @@ static bool curl_parse_ftp_tls(BDRVCURLState *s, QemuOpts *opts,
                    CURL_OPT_TLS_CREDS, CURL_OPT_TLS);
         return false;
     }
+    /* (see CURL_FTPS_POLL_MS) */
+    s->ftps_poll = (s->ftp_tls || g_str_has_prefix(s->url, "ftps://")) &&
+                   info->version_num >= 0x075700 &&
+                   info->version_num < 0x080700;
     return true;
 }
 

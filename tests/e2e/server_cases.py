@@ -84,12 +84,6 @@ class ServerCases(E2ETestCase):
         """Checks after every case: that the server under test answered
         (its log); by default none."""
 
-    def stalled(self, result: CmdResult) -> bool:
-        """Whether @result failed as the libcurl in use is known to fail
-        with this server, naming the cause; by default never."""
-        del result
-        return False
-
     # -- helpers
 
     def spec(self, name: str, fmt: str, **format_options: Any) -> str:
@@ -123,8 +117,6 @@ class ServerCases(E2ETestCase):
         out = self.tmp / 'out.raw'
         result = self.convert(self.spec(name, image.fmt, **format_options),
                               out)
-        if self.stalled(result):
-            return
         self.assertSucceeded(result, f'convert of {name}')
         self.assertFileHasImageData(out, self.images.raw)
         self.after_each()
@@ -158,8 +150,6 @@ class ServerCases(E2ETestCase):
                                     self.images.tar.name),
                                          'offset': member.offset}}
         result = self.convert('json:' + json.dumps(spec), out)
-        if self.stalled(result):
-            return
         self.assertSucceeded(result, 'convert of the tar member')
         self.assertFileHasImageData(out, self.images.raw)
         self.after_each()
@@ -173,8 +163,6 @@ class ServerCases(E2ETestCase):
             commands += ['-c', f'read -v {offset} {length}']
         result = self.tool(self.bins.qemu_io, '-r', *commands,
                            self.spec(raw.name, 'raw'))
-        if self.stalled(result):
-            return
         self.assertSucceeded(result, 'qemu-io')
         done = [f'read {length}/{length} bytes at offset {offset}'
                 for offset, length in reads]
@@ -274,27 +262,6 @@ class FtpsCases(ServerCases):
     """Base: one vsftpd with TLS for the class."""
 
     ftp: ClassVar[VsftpdTls]
-
-    def stalled(self, result: CmdResult) -> bool:
-        """From 7.87.0 to 8.6.0, libcurl's multi-socket interface stops
-        watching the control connection while an FTPS data connection
-        waits for TLS, which vsftpd starts only after RETR: a transfer
-        stalls unless vsftpd's answers come fast enough.  With such a
-        libcurl, a case may fail, but only with the driver's message that
-        says so (never with wrong bytes: the other checks still hold for
-        a case that succeeds)."""
-        if result.returncode == 0:
-            return False
-        version = fixtures.libcurl_version(self.bins.qemu_img)
-        if not (7, 87, 0) <= version < (8, 7, 0):
-            return False
-        self.assertFailedCleanly(result)
-        self.assertRegex(result.output, r'the FTPS transfer stalled: '
-                         r'libcurl [0-9.]+ stops watching the control '
-                         r'connection while the data connection waits for '
-                         r'TLS; libcurl 8\.7 and later do not',
-                         result.describe())
-        return True
 
     def after_each(self) -> None:
         """The data connections were protected by TLS."""

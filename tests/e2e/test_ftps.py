@@ -26,11 +26,10 @@
 # From 7.87.0 to 8.6.0 (Debian 12 has 7.88.1), libcurl's multi-socket
 # interface stops watching the control connection while an FTPS data
 # connection waits for TLS, which vsftpd starts only after RETR (curl
-# issue 12901): a transfer stalls unless vsftpd's answers come fast
-# enough.  With such a libcurl a case may fail, but only with the
-# driver's error that names that stall (FtpsCases.stalled()); with
-# libcurl 8.7 and later (the libcurl 8 layer of make check), every case
-# must pass.
+# issue 12901): without the driver's workaround (CURL_FTPS_POLL_MS in
+# block/curl.c), a transfer stalled unless vsftpd's answers came fast
+# enough, 2 of 8 converts here.  Every case must pass with Debian 12's
+# libcurl (make check) and with libcurl 8.14 (its curl8 layer).
 """Explicit and implicit FTPS from vsftpd."""
 
 from __future__ import annotations
