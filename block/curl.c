@@ -905,27 +905,19 @@ static int curl_failure(BDRVCURLState *s, CURL *easy, const char *url,
                         CURLcode code, long status, const char *errbuf,
                         char *why, size_t size)
 {
-    const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
     const char *text = *errbuf ? errbuf : curl_easy_strerror(code);
     g_autofree char *proxy = NULL;
     long proxy_status = 0;
 
     /*
-     * From 7.87.0 to 8.6.0, libcurl's multi-socket interface stops
-     * watching the control connection while an FTPS data connection
-     * waits for its TLS handshake; a server that starts it only after
-     * RETR (vsftpd) then waits for a RETR that never comes, until the
-     * transfer times out and libcurl reads the late answer to SIZE as
-     * one to EPSV (curl issue 12901).
+     * Should CURL_FTPS_POLL_MS not be enough: the transfer timed out, and
+     * libcurl read the late answer to SIZE as one to EPSV.
      */
-    if ((s->ftp_tls || g_str_has_prefix(s->url, "ftps://")) &&
-        info->version_num >= 0x075700 && info->version_num < 0x080700 &&
-        (code == CURLE_FTP_WEIRD_PASV_REPLY ||
-         code == CURLE_OPERATION_TIMEDOUT)) {
+    if (s->ftps_poll && code == CURLE_FTP_WEIRD_PASV_REPLY) {
         snprintf(why, size, "the FTPS transfer stalled: libcurl %s stops "
                  "watching the control connection while the data "
                  "connection waits for TLS; libcurl 8.7 and later do not "
-                 "(%s)", info->version, text);
+                 "(%s)", curl_version_info(CURLVERSION_NOW)->version, text);
         return -EIO;                /* (asking again stalls again) */
     }
 
