@@ -300,6 +300,7 @@ struct BDRVCURLState {
     RangeCache cache;
     char *redirect_url;         /* where url redirected, if used directly */
     CURLFetchQueue miss_queue;  /* fetches that reads wait for */
+    int64_t quiet_until_ms;     /* no new request before: Retry-After */
     CURLFetchQueue readahead_queue;
     unsigned active;            /* transfers with a fetch, held or not */
     unsigned active_readahead;  /* of which for readahead */
@@ -1647,6 +1648,17 @@ static bool curl_transfer_again_locked(CURLTransfer *t, CURLcode result,
     return true;
 }
 
+/*
+ * Whether the server asked us to wait (Retry-After with a 429 or a 503):
+ * not only what it refused, but any new request waits too, unless the
+ * node is drained (a drain cuts backoff short, see curl_quiesce_locked())
+ */
+static bool curl_quiet_locked(BDRVCURLState *s)
+{
+    return !s->quiesced &&
+           s->quiet_until_ms > qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+}
+
 /* Run the retry timer for the first transfer that may ask again */
 static void curl_arm_retry_timer_locked(BDRVCURLState *s)
 {
@@ -1657,6 +1669,10 @@ static void curl_arm_retry_timer_locked(BDRVCURLState *s)
         if (curl_may_retry_locked(&s->transfers[i])) {
             first = MIN(first, s->transfers[i].retry_at_ms);
         }
+    }
+    if (curl_quiet_locked(s) && (!QTAILQ_EMPTY(&s->miss_queue) ||
+                                 !QTAILQ_EMPTY(&s->readahead_queue))) {
+        first = MIN(first, s->quiet_until_ms);
     }
     if (first == INT64_MAX) {
         timer_del(&s->retry_timer);
@@ -1730,6 +1746,12 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
     if (ret < 0) {
         /* What the answer could not prove is asked for again, or lost */
         range_cache_fetch_discard_locked(&s->cache, fetch);
+    }
+    if (ret < 0 && t->headers.http && t->headers.retry_after_ms >= 0) {
+        s->quiet_until_ms = MAX(s->quiet_until_ms,
+                                qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                                MIN(t->headers.retry_after_ms,
+                                    CURL_RETRY_MAX_DELAY_MS));
     }
     if (ret < 0 && fetch->proven == fetch->end) {
         /* It failed after its last byte (a stall, an FTP reply): no loss */
@@ -1808,6 +1830,10 @@ static void curl_start_transfers_locked(BDRVCURLState *s)
 {
     RangeCacheFetch *fetch;
 
+    if (curl_quiet_locked(s)) {
+        curl_arm_retry_timer_locked(s);
+        return;
+    }
     while (s->active < s->connections &&
            (fetch = curl_dequeue_locked(s, false))) {
         CURLTransfer *t = s->transfers;
