@@ -1580,6 +1580,13 @@ static bool curl_transfer_fall_back_locked(CURLTransfer *t, long status)
     return true;
 }
 
+/* How long the server asked us to wait with @t's answer, or -1 */
+static int64_t curl_retry_after_ms(CURLTransfer *t)
+{
+    return t->headers.http && t->headers.retry_after_ms >= 0 ?
+           MIN(t->headers.retry_after_ms, CURL_RETRY_MAX_DELAY_MS) : -1;
+}
+
 /*
  * How long to wait before retry number @attempt: what the server asked for,
  * or twice as long as before, from CURL_RETRY_DELAY_MS on; each between
@@ -1588,10 +1595,10 @@ static bool curl_transfer_fall_back_locked(CURLTransfer *t, long status)
  */
 static int64_t curl_retry_delay_ms(CURLTransfer *t, unsigned attempt)
 {
-    int64_t delay;
+    int64_t delay = curl_retry_after_ms(t);
 
-    if (t->headers.http && t->headers.retry_after_ms >= 0) {
-        return MIN(t->headers.retry_after_ms, CURL_RETRY_MAX_DELAY_MS);
+    if (delay >= 0) {
+        return delay;
     }
     delay = MIN((int64_t)CURL_RETRY_DELAY_MS << MIN(attempt - 1, 16),
                 CURL_RETRY_MAX_DELAY_MS);
@@ -1747,11 +1754,10 @@ static void curl_transfer_done_locked(CURLTransfer *t, CURLcode result)
         /* What the answer could not prove is asked for again, or lost */
         range_cache_fetch_discard_locked(&s->cache, fetch);
     }
-    if (ret < 0 && t->headers.http && t->headers.retry_after_ms >= 0) {
+    if (ret < 0 && curl_retry_after_ms(t) >= 0) {
         s->quiet_until_ms = MAX(s->quiet_until_ms,
                                 qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                                MIN(t->headers.retry_after_ms,
-                                    CURL_RETRY_MAX_DELAY_MS));
+                                curl_retry_after_ms(t));
     }
     if (ret < 0 && fetch->proven == fetch->end) {
         /* It failed after its last byte (a stall, an FTP reply): no loss */
